@@ -1,0 +1,15 @@
+# The two commands a newcomer needs (see README.md).
+PY ?= python3
+
+.PHONY: install test demo
+
+install:
+	$(PY) -m pip install -q -e '.[test]'
+
+# Install everything, then run the whole (hermetic, ~1 minute) test suite.
+test: install
+	$(PY) -m pytest -q
+
+# Install everything, then generate reviews (with the bundled model, or a quick tiny model if none is bundled).
+demo: install
+	$(PY) -m reviewgan.demo

@@ -1,0 +1,162 @@
+"""Stage 1: the LSTM autoencoder that maps a short review to a real-valued code and back (paper 5.1).
+
+Encoder: Embedding(V, 100) -> LSTM(100) -> Linear(concat(h_T, c_T)) -> squash -> code (600)
+Decoder: Embedding(V, 100) [+ code at every step] -> LSTM(600, h_0 = code) -> Dropout(0.5) -> Linear(V)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .config import AEConfig
+from .tokenizer import END, PAD, START
+
+
+def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The code's output range, shared by the encoder and the generator so both live in one space."""
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    if kind == "tanh":
+        return torch.tanh(x)
+    if kind == "l2":
+        return F.normalize(x, dim=-1)
+    return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: AEConfig):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.enc_hidden, batch_first=True)
+        # VAE: the dense layer emits mean and log-variance side by side.
+        out = cfg.code_dim * (2 if cfg.variational else 1)
+        self.fc = nn.Linear(2 * cfg.enc_hidden, out)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # ids: (B, T) padded; lengths: (B,) true lengths. Packing gives the state at each row's own end.
+        packed = pack_padded_sequence(self.emb(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, c) = self.lstm(packed)  # h, c: (1, B, H)
+        return self.fc(torch.cat([h[-1], c[-1]], dim=-1))  # (B, code_dim[*2])
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: AEConfig):
+        super().__init__()
+        self.code_to_input = cfg.code_to_input
+        self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        in_dim = cfg.emb_dim + (cfg.code_dim if cfg.code_to_input else 0)
+        self.lstm = nn.LSTM(in_dim, cfg.code_dim, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.code_dim, vocab_size)
+
+    def _inputs(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)  # (B, T, E)
+        if self.code_to_input:
+            x = torch.cat([x, code.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
+        return x
+
+    def initial_state(self, code: torch.Tensor):
+        # Paper 5.1: the code is the decoder's initial hidden state; the cell starts at zero.
+        h0 = code.unsqueeze(0).contiguous()  # (1, B, C)
+        return h0, torch.zeros_like(h0)
+
+    def forward(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(self._inputs(tokens, code), self.initial_state(code))  # (B, T, C)
+        return self.out(self.drop(y))  # (B, T, V)
+
+    def step(self, tokens: torch.Tensor, code: torch.Tensor, state):
+        """One decoding step for a batch: tokens (B,) -> logits (B, V), new state."""
+        y, state = self.lstm(self._inputs(tokens.unsqueeze(1), code), state)
+        return self.out(y[:, 0]), state
+
+
+def decoder_io(ids: torch.Tensor, lengths: torch.Tensor):
+    """Teacher forcing: input [START] + ids[:-1], target ids (ending in [END]), mask of real positions.
+
+    A plain shift, not a roll: the seed's tf.roll wrapped the last target around to [START].
+    """
+    start = torch.full_like(ids[:, :1], START)
+    inputs = torch.cat([start, ids[:, :-1]], dim=1)
+    mask = torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None]
+    return inputs, ids, mask
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: AEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.encoder = Encoder(vocab_size, cfg)
+        self.decoder = Decoder(vocab_size, cfg)
+
+    @property
+    def code_kind(self) -> str:
+        # A VAE's code is the Gaussian sample itself; squashing it would break the N(0, I) prior.
+        return "none" if self.cfg.variational else self.cfg.code_activation
+
+    def encode(self, ids, lengths, sample: bool = False, noise_std: float = 0.0):
+        """ids (B, T) -> code (B, C), KL term (scalar; 0 for the plain autoencoder)."""
+        h = self.encoder(ids, lengths)
+        kl = h.new_zeros(())
+        if self.cfg.variational:
+            mu, logvar = h.chunk(2, dim=-1)
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1).mean()
+            code = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        else:
+            code = squash(h, self.code_kind)
+        if noise_std > 0:  # ARAE: decode from a noisy code, so nearby codes decode to nearby text
+            code = code + noise_std * torch.randn_like(code)
+        return code, kl
+
+    def loss(self, ids, lengths, noise_std: float = 0.0):
+        """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
+        code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
+        inputs, targets, mask = decoder_io(ids, lengths)
+        logits = self.decoder(inputs, code)  # (B, T, V)
+        ce = F.cross_entropy(logits[mask], targets[mask])
+        correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
+        return ce, kl, correct, mask.sum()
+
+    @torch.no_grad()
+    def generate(self, code: torch.Tensor, max_len: int, greedy: bool = True, temperature: float = 1.0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None):
+        """Batched decoding from codes (B, C). Returns token lists (without [END]) and ended flags.
+
+        Stops as soon as every row has produced [END]: no work is wasted on finished batches.
+        """
+        B = code.size(0)
+        state = self.decoder.initial_state(code)
+        tok = torch.full((B,), START, dtype=torch.long, device=code.device)
+        done = torch.zeros(B, dtype=torch.bool, device=code.device)
+        out = torch.full((B, max_len), PAD, dtype=torch.long, device=code.device)
+        for t in range(max_len):
+            logits, state = self.decoder.step(tok, code, state)
+            logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
+            logits[:, START] = -float("inf")
+            tok = logits.argmax(-1) if greedy else sample_top_p(logits, temperature, top_p, generator)
+            tok = torch.where(done, torch.full_like(tok, PAD), tok)
+            out[:, t] = tok
+            done |= tok == END
+            if bool(done.all()):
+                break
+        rows, ended = [], []
+        for row in out.tolist():
+            if END in row:
+                rows.append(row[:row.index(END)]); ended.append(True)
+            else:
+                rows.append([t for t in row if t != PAD]); ended.append(False)
+        return rows, ended
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # always keeps the most likely token
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,171 @@
+"""The model directory: one self-describing folder that everything reads and `train` writes.
+
+    config.json               format, version, the full Config, vocabulary size, which stages are trained
+    tokenizer.json            the HF `tokenizers` file
+    autoencoder.safetensors   encoder + decoder
+    generator.safetensors     (after the GAN stage)
+    critic.safetensors        (after the GAN stage)
+    train_state/              optimiser states, RNG states and loop counters: only needed to resume
+
+No pickle anywhere: weights are safetensors, everything else is JSON. Loading runs no code from the
+folder and checks every tensor's name and shape against the model the config describes.
+
+Writes are crash-safe: a checkpoint is first written completely into `.pending/`, then a COMMIT
+marker is written, then the files are moved into place. A kill before COMMIT leaves the old
+checkpoint untouched; a kill after it is rolled forward by `recover()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+FORMAT = "reviewgan-model"
+FORMAT_VERSION = 1
+MAX_JSON_BYTES = 10_000_000
+
+
+class ModelError(ValueError):
+    """A user-facing model-directory problem: missing, corrupt, or incompatible."""
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Drop torch.compile's "_orig_mod." prefix so weights load into a plain module anywhere.
+    return {k.replace("_orig_mod.", ""): v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+class CheckpointWriter:
+    """Collect files for one checkpoint, then `commit()` them into `root` atomically."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.pending = self.root / ".pending"
+        if self.pending.exists():
+            shutil.rmtree(self.pending)
+        self.pending.mkdir(parents=True)
+        self.names: list[str] = []
+
+    def _target(self, name: str) -> Path:
+        p = self.pending / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.names.append(name)
+        return p
+
+    def tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(self._target(name)),
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+    def json(self, name: str, obj) -> None:
+        _fsync_write(self._target(name), json.dumps(obj, indent=2).encode())
+
+    def text(self, name: str, text: str) -> None:
+        _fsync_write(self._target(name), text.encode())
+
+    def commit(self) -> None:
+        _fsync_write(self.pending / "COMMIT", "\n".join(self.names).encode())
+        recover(self.root)
+
+
+def recover(root: Path) -> None:
+    """Finish a checkpoint whose COMMIT marker was written, or discard one that never got there."""
+    pending = Path(root) / ".pending"
+    if not pending.exists():
+        return
+    marker = pending / "COMMIT"
+    if marker.exists():
+        for name in marker.read_text().split("\n"):
+            src = pending / name
+            if name and src.exists():
+                dst = Path(root) / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)  # atomic per file on POSIX
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ModelError(f"{path}: file too large to be a reviewgan config")
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path.parent}: not a reviewgan model directory (no {path.name})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{path}: not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return obj
+
+
+def read_model_config(model_dir: Path) -> dict:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {str(model_dir)!r} does not exist")
+    meta = read_json(model_dir / "config.json")
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{model_dir}: config.json is not a reviewgan model config")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{model_dir}: model format version {meta.get('format_version')!r} is not supported "
+                         f"by this reviewgan (expects {FORMAT_VERSION}); retrain or use a matching version")
+    return meta
+
+
+def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
+    """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
+    if not path.exists():
+        raise ModelError(f"{path.parent}: missing {path.name}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelError(f"{path}: tensors do not match the model in config.json "
+                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in expected.items():
+        if tensors[k].shape != v.shape:
+            raise ModelError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, config.json implies {tuple(v.shape)}")
+        if not tensors[k].is_floating_point() and v.is_floating_point():
+            raise ModelError(f"{path}: {k} has dtype {tensors[k].dtype}, expected a float")
+    module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
+    module.to(device)
+    with safe_open(str(path), framework="pt") as f:  # metadata: not needed to load, useful for checks
+        return f.metadata() or {}
+
+
+# --------------------------------------------------------------------------- optimiser state, no pickle
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser state dict into flat tensors (safetensors) and JSON (hyperparameters, scalars)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,133 @@
+"""The `reviewgan` command: train, generate, stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="default", help="config preset: default, paper, tiny, lm... or a .toml file")
+    p.add_argument("--data", help="dataset: imdb (default), rotten_tomatoes, an aclImdb/ folder, a .csv or .jsonl file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set ae.epochs=2 (repeatable)")
+
+
+def _config(args):
+    from .config import apply_overrides, load_preset
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.dataset={args.data}")
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return apply_overrides(load_preset(args.preset), overrides)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+    cfg = _config(args)
+    model = train(cfg, args.out, stage=args.stage, resume=args.resume, force=args.force, progress=not args.quiet)
+    print(f"model written to {args.out}")
+    if model.generator is not None:
+        for sentiment in ("positive", "negative"):
+            print(f"[{sentiment}] {model.generate(sentiment, n=1, seed=0)[0]}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .model import MAX_GENERATE, ReviewGAN
+    if args.sentiment not in ("positive", "negative", "both"):
+        raise ValueError(f"unknown sentiment {args.sentiment!r} (use positive, negative or both)")
+    if not 1 <= args.n <= MAX_GENERATE:
+        raise ValueError(f"-n must be between 1 and {MAX_GENERATE}, got {args.n}")
+    model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
+    sentiments = ["positive", "negative"] if args.sentiment == "both" else [args.sentiment]
+    greedy = True if args.greedy else (False if args.temperature is not None or args.top_p is not None else None)
+    for k, sentiment in enumerate(sentiments):
+        seed = None if args.seed is None else args.seed + k
+        reviews = model.generate(sentiment, n=args.n, seed=seed, greedy=greedy, temperature=args.temperature,
+                                 top_p=args.top_p, max_len=args.max_len, records=True)
+        for r in reviews:
+            print(json.dumps(r.to_dict()) if args.format == "jsonl" else r.text)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .train import stats
+    cfg = _config(args)
+    result = stats(cfg, Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name in ("reviews_tokens", "units_tokens"):
+        s = result[name]
+        print(f"{name}: n={s['count']} mean={s['mean']:.1f} variance={s['variance']:.1f} sd={s['std']:.1f} "
+              f"min={s['min']} p25={s['p25']:.0f} median={s['p50']:.0f} p75={s['p75']:.0f} p95={s['p95']:.0f} max={s['max']}")
+    print("units per split: " + ", ".join(f"{k} {v}" for k, v in result["units"].items()))
+    if args.out:
+        print(f"length histogram: {Path(args.out) / 'lengths.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reviewgan", description="Conditional LaTextGAN for positive/negative movie reviews.")
+    p.add_argument("--version", action="version", version=f"reviewgan {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (autoencoder, then conditional WGAN)")
+    _add_data_args(t)
+    t.add_argument("--out", required=True, help="run directory: the model, its checkpoints and metrics go here")
+    t.add_argument("--stage", choices=["ae", "gan", "all"], default="all", help="which stage(s) to train")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="overwrite a different run already in --out")
+    t.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default cpu)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="write reviews of a requested sentiment")
+    g.add_argument("--model", help="model directory (default: the bundled pretrained model)")
+    g.add_argument("--sentiment", default="positive", help="positive, negative or both (N of each)")
+    g.add_argument("-n", type=int, default=5, help="number of reviews (per sentiment)")
+    g.add_argument("--seed", type=int, help="random seed: same seed, same reviews")
+    g.add_argument("--temperature", type=float, help="sample with this temperature (implies sampling)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (implies sampling)")
+    g.add_argument("--greedy", action="store_true", help="argmax decoding, as in the paper")
+    g.add_argument("--max-len", type=int, help="maximum tokens per review (default: the model's max_len)")
+    g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")
+    _add_data_args(s)
+    s.add_argument("--out", help="folder for lengths.png and stats.json")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    s.set_defaults(func=cmd_stats)
+    return p
+
+
+def main(argv=None) -> int:
+    from .checkpoint import ModelError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError, TrainingError, ValueError, OSError) as e:
+        print(f"reviewgan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reviewgan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

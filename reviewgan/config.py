@@ -1,0 +1,227 @@
+"""Hyperparameters as dataclasses, presets as small TOML files, overrides as `section.key=value`.
+
+The defaults below are the real defaults of the `default` preset's fields that it does
+not set itself; `presets/*.toml` only list what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (bad preset, bad override, bad value)."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "imdb"  # imdb | rotten_tomatoes | path to aclImdb/, .csv or .jsonl
+    unit: str = "review"  # review: opening whole sentences of a review; sentence: each sentence alone
+    max_len: int = 40  # tokens per unit, [END] included ([START] is not counted)
+    vocab_size: int = 8000
+    min_frequency: int = 2  # WordPiece: ignore pieces seen fewer times than this
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    limit: int = 0  # use at most this many training units (0 = all); for quick runs
+    text_column: str = ""  # CSV/JSONL: name of the text column ("" = guess)
+    label_column: str = ""  # CSV/JSONL: name of the label column ("" = guess)
+
+
+@dataclass
+class AEConfig:
+    emb_dim: int = 100  # paper 5.1
+    enc_hidden: int = 100  # paper 5.1 (s.b.a.)
+    code_dim: int = 600  # = decoder LSTM size, paper 5.1 (s.b.a.)
+    dropout: float = 0.5  # decoder output dropout, paper 5.1 (s.b.a.)
+    code_activation: str = "sigmoid"  # sigmoid (paper) | tanh | l2 (unit sphere, ARAE) | none
+    variational: bool = False  # VAE: reparameterised code + KL term
+    kl_weight: float = 1.0
+    kl_anneal_steps: int = 2000  # KL weight ramps linearly from 0 over this many steps
+    code_noise: float = 0.0  # std of Gaussian noise added to codes while training (ARAE)
+    code_noise_decay: float = 0.5  # noise std is multiplied by this after every epoch
+    code_to_input: bool = False  # also feed the code to the decoder at every step
+    epochs: int = 5  # paper 5.3
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam, paper 5.3 (s.b.a.)
+    grad_clip: float = 5.0  # 0 = off
+
+
+@dataclass
+class GANConfig:
+    noise_dim: int = 100
+    width: int = 100  # residual block width, paper 5.2 (s.b.a.)
+    n_blocks: int = 40  # paper 5.2 (s.b.a.)
+    g_dropout: float = 0.0  # dropout inside generator blocks (paper: some; rate unstated)
+    c_dropout: float = 0.0  # dropout inside critic blocks
+    condition: str = "embed"  # fill: a cond_dim vector filled with the 0/1 label (seed) | embed: learnt embedding
+    cond_dim: int = 100
+    critic_conditioned: bool = True  # critic also sees the label (projection-free cGAN)
+    lipschitz: str = "gp"  # clip: clamp every critic parameter (paper) | gp: gradient penalty (WGAN-GP)
+    clip_value: float = 0.01
+    gp_weight: float = 10.0
+    cls_loss: str = "ce"  # mse: sigmoid + MSE (paper) | ce: binary cross-entropy
+    cls_weight: float = 1.0
+    cls_on_fake: bool = False  # critic's sentiment head also trained on generated codes
+    optimizer: str = "adam"  # rmsprop (paper) | adam (LaTextGAN)
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)  # Adam only
+    n_critic: int = 5  # critic steps per generator step
+    steps: int = 10000  # generator steps
+    batch_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | auto
+    log_every: int = 50  # steps between progress-bar updates of the logged losses
+    ckpt_every: int = 500  # steps between checkpoints (and at every epoch end for the AE)
+    eval_every: int = 1000  # GAN steps between validations; the AE validates every epoch
+    n_samples: int = 2  # fixed-noise samples printed per sentiment at each validation
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+
+
+@dataclass
+class SampleConfig:
+    """The model's default decoding (generate/evaluate use it unless told otherwise)."""
+    greedy: bool = True  # argmax decoding as in the paper; diversity then comes from the generator's noise
+    temperature: float = 1.0  # sampling only
+    top_p: float = 1.0  # sampling only: nucleus size
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preset: str = "default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        cfg = cls()
+        for section, values in d.items():
+            if section == "preset":
+                cfg.preset = str(values)
+                continue
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown config section {section!r}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a table")
+            for key, value in values.items():
+                _set_field(getattr(cfg, section), section, key, value)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            (self.data.unit in ("review", "sentence"), "data.unit must be review or sentence"),
+            (8 <= self.data.max_len <= 1024, "data.max_len must be in 8..1024"),
+            (100 <= self.data.vocab_size <= 200_000, "data.vocab_size must be in 100..200000"),
+            (0 <= self.data.val_frac < 0.5 and 0 <= self.data.test_frac < 0.5, "split fractions must be in [0, 0.5)"),
+            (self.ae.code_activation in ("sigmoid", "tanh", "l2", "none"), "ae.code_activation must be sigmoid|tanh|l2|none"),
+            (0 < self.ae.code_dim <= 8192 and 0 < self.ae.emb_dim <= 8192 and 0 < self.ae.enc_hidden <= 8192, "ae sizes must be in 1..8192"),
+            (0 <= self.ae.dropout < 1 and 0 <= self.gan.g_dropout < 1 and 0 <= self.gan.c_dropout < 1, "dropout must be in [0, 1)"),
+            (self.ae.epochs >= 0 and self.gan.steps >= 0, "epochs/steps must be >= 0"),
+            (self.ae.batch_size >= 1 and self.gan.batch_size >= 1, "batch sizes must be >= 1"),
+            (0 < self.gan.width <= 8192 and 0 <= self.gan.n_blocks <= 1000, "gan.width in 1..8192, gan.n_blocks in 0..1000"),
+            (0 < self.gan.noise_dim <= 8192 and 0 < self.gan.cond_dim <= 8192, "gan.noise_dim/cond_dim in 1..8192"),
+            (self.gan.condition in ("fill", "embed"), "gan.condition must be fill or embed"),
+            (self.gan.lipschitz in ("clip", "gp"), "gan.lipschitz must be clip or gp"),
+            (self.gan.cls_loss in ("mse", "ce"), "gan.cls_loss must be mse or ce"),
+            (self.gan.optimizer in ("rmsprop", "adam"), "gan.optimizer must be rmsprop or adam"),
+            (self.gan.n_critic >= 1, "gan.n_critic must be >= 1"),
+            (self.sample.temperature > 0 and 0 < self.sample.top_p <= 1, "sample.temperature must be > 0 and sample.top_p in (0, 1]"),
+            (self.train.device in ("cpu", "cuda", "auto"), "train.device must be cpu, cuda or auto"),
+            (self.train.ckpt_every >= 1 and self.train.eval_every >= 1 and self.train.log_every >= 1, "train intervals must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+SECTIONS = {"data": DataConfig, "ae": AEConfig, "gan": GANConfig, "train": TrainConfig, "sample": SampleConfig}
+
+
+def _coerce(value, typ: str, name: str):
+    """Cast a TOML/JSON/CLI value to a dataclass field's declared type."""
+    try:
+        if typ == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, (bool, int)):
+                raise ValueError(value)
+            return bool(value)
+        if typ == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if typ == "str":
+            return str(value)
+        if typ.startswith("tuple"):
+            if isinstance(value, str):
+                value = json.loads(value)
+            return tuple(float(v) for v in value)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ConfigError(f"{name}: cannot use {value!r} as {typ}") from None
+    raise ConfigError(f"{name}: unsupported type {typ}")
+
+
+def _set_field(obj, section: str, key: str, value) -> None:
+    types = {f.name: f.type for f in fields(obj)}
+    if key not in types:
+        raise ConfigError(f"unknown config key {section}.{key}")
+    setattr(obj, key, _coerce(value, str(types[key]), f"{section}.{key}"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("reviewgan.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> Config:
+    """A preset is a TOML file in reviewgan/presets/ (or a path to one) that lists what differs from the defaults."""
+    path = Path(name)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text()
+    else:
+        res = resources.files("reviewgan.presets") / f"{name}.toml"
+        if not res.is_file():
+            raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(preset_names())})")
+        text = res.read_text()
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"preset {name!r} is not valid TOML: {e}") from None
+    d["preset"] = path.stem if path.suffix == ".toml" else name
+    return Config.from_dict(d)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings, e.g. `ae.epochs=2` or `gan.betas=[0.5,0.9]`."""
+    cfg = Config.from_dict(cfg.to_dict())  # deep copy: never mutate the caller's config
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        lhs, value = item.split("=", 1)
+        section, key = lhs.strip().split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} in {item!r}")
+        _set_field(getattr(cfg, section), section, key, value.strip())
+    cfg.validate()
+    return cfg

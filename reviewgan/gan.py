@@ -1,0 +1,129 @@
+"""Stage 2: a conditional Wasserstein GAN on autoencoder codes (paper 5.2-5.3, LaTextGAN).
+
+Generator: Linear(noise + condition -> 100) -> 40 x ResidualBlock(100) -> Linear(-> code) -> squash
+Critic:    Linear(code [+ condition] -> 100) -> 40 x ResidualBlock(100) -> Linear(-> 2): (realness, sentiment logit)
+One ResidualMLP class serves both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .autoencoder import squash
+from .config import GANConfig
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The block's *own* input is added back (the seed added the first layer's output instead).
+        return x + self.fc2(self.drop(F.relu(self.fc1(x))))
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, in_dim: int, width: int, n_blocks: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, width)  # no activation: it only reshapes the input (paper 5.2)
+        self.blocks = nn.Sequential(*[ResidualBlock(width, dropout) for _ in range(n_blocks)])
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.blocks(self.inp(x)))
+
+
+class Condition(nn.Module):
+    """Sentiment label (B,) -> condition vector (B, cond_dim).
+
+    fill: the seed's vector filled with the 0/1 label; embed: a learnt vector per sentiment.
+    """
+
+    def __init__(self, kind: str, dim: int):
+        super().__init__()
+        self.kind, self.dim = kind, dim
+        self.emb = nn.Embedding(2, dim) if kind == "embed" else None
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.emb is not None:
+            return self.emb(labels)
+        return labels.float()[:, None].expand(-1, self.dim)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig, code_dim: int, code_kind: str):
+        super().__init__()
+        self.noise_dim, self.code_kind = cfg.noise_dim, code_kind
+        self.cond = Condition(cfg.condition, cfg.cond_dim)
+        self.net = ResidualMLP(cfg.noise_dim + cfg.cond_dim, cfg.width, cfg.n_blocks, code_dim, cfg.g_dropout)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # z: (B, noise_dim) Gaussian, labels: (B,) -> code (B, code_dim) in the encoder's range
+        return squash(self.net(torch.cat([z, self.cond(labels)], dim=-1)), self.code_kind)
+
+
+class Critic(nn.Module):
+    def __init__(self, cfg: GANConfig, code_dim: int):
+        super().__init__()
+        self.cond = Condition(cfg.condition, cfg.cond_dim) if cfg.critic_conditioned else None
+        in_dim = code_dim + (cfg.cond_dim if self.cond is not None else 0)
+        self.net = ResidualMLP(in_dim, cfg.width, cfg.n_blocks, 2, cfg.c_dropout)
+
+    def forward(self, code: torch.Tensor, labels: torch.Tensor):
+        """-> realness score (B,), sentiment logit (B,)."""
+        x = code if self.cond is None else torch.cat([code, self.cond(labels)], dim=-1)
+        out = self.net(x)
+        return out[:, 0], out[:, 1]
+
+
+def sentiment_loss(logit: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mse":  # the paper: sigmoid output, mean squared error against the 0/1 target
+        return F.mse_loss(torch.sigmoid(logit), labels.float())
+    return F.binary_cross_entropy_with_logits(logit, labels.float())
+
+
+def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al.): (||grad_x D(x_hat)||_2 - 1)^2 per sample, on random interpolates."""
+    eps = torch.rand(real.size(0), 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    score, _ = critic(x_hat, labels)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    return (grad.norm(2, dim=1) - 1).pow(2).mean()  # norm per sample, not of the whole batch
+
+
+@torch.no_grad()
+def clip_weights_(critic: nn.Module, c: float) -> None:
+    """The original WGAN constraint: clamp *every* parameter (weights, biases, heads) to [-c, c]."""
+    for p in critic.parameters():
+        p.clamp_(-c, c)
+
+
+def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANConfig):
+    """Wasserstein critic loss + sentiment loss (+ gradient penalty). Returns (loss, parts dict)."""
+    s_real, logit_real = critic(real, real_labels)
+    s_fake, logit_fake = critic(fake, fake_labels)
+    wdist = s_real.mean() - s_fake.mean()
+    cls = sentiment_loss(logit_real, real_labels, cfg.cls_loss)
+    if cfg.cls_on_fake:
+        cls = 0.5 * (cls + sentiment_loss(logit_fake, fake_labels, cfg.cls_loss))
+    loss = -wdist + cfg.cls_weight * cls
+    gp = torch.zeros((), device=real.device)
+    if cfg.lipschitz == "gp":
+        # Interpolates carry the real labels; for an unconditioned critic labels are ignored.
+        gp = gradient_penalty(critic, real, fake, real_labels)
+        loss = loss + cfg.gp_weight * gp
+    acc = ((logit_real > 0).long() == real_labels).float().mean()
+    return loss, {"c_loss": loss.detach(), "wdist": wdist.detach(), "c_cls": cls.detach(), "gp": gp.detach(), "c_acc": acc}
+
+
+def generator_loss(critic: Critic, fake, fake_labels, cfg: GANConfig):
+    """Fool the critic and make the critic read the requested sentiment in the generated code."""
+    s_fake, logit_fake = critic(fake, fake_labels)
+    cls = sentiment_loss(logit_fake, fake_labels, cfg.cls_loss)
+    loss = -s_fake.mean() + cfg.cls_weight * cls
+    return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}

@@ -1,0 +1,171 @@
+"""The Python API: `ReviewGAN` bundles tokenizer, autoencoder, generator and critic of one model directory.
+
+    from reviewgan import ReviewGAN
+    model = ReviewGAN.from_pretrained("runs/default")
+    model.generate("positive", n=3, seed=0)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .autoencoder import Autoencoder
+from .checkpoint import ModelError, load_weights, read_model_config, recover
+from .config import Config, ConfigError
+from .data import SENTIMENTS, clean_text
+from .gan import Critic, Generator
+from .tokenizer import Tokenizer
+
+MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
+
+
+@dataclass
+class Review:
+    sentiment: str
+    text: str
+    tokens: int
+    ended: bool
+
+    def to_dict(self) -> dict:
+        return {"sentiment": self.sentiment, "text": self.text, "tokens": self.tokens, "ended": self.ended}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def parse_sentiment(sentiment) -> int:
+    if isinstance(sentiment, str) and sentiment.lower() in SENTIMENTS:
+        return SENTIMENTS.index(sentiment.lower())
+    if sentiment in (0, 1) and not isinstance(sentiment, bool):
+        return int(sentiment)
+    raise ValueError(f"unknown sentiment {sentiment!r} (use positive or negative)")
+
+
+def default_model_dir() -> Path | None:
+    """The bundled model, if this install ships one (see pretrained/)."""
+    for p in (Path(__file__).resolve().parent / "pretrained", Path(__file__).resolve().parent.parent / "pretrained"):
+        if (p / "config.json").exists():
+            return p
+    return None
+
+
+def build_models(cfg: Config, vocab_size: int):
+    ae = Autoencoder(vocab_size, cfg.ae)
+    gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
+    critic = Critic(cfg.gan, cfg.ae.code_dim)
+    return ae, gen, critic
+
+
+class ReviewGAN:
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: Autoencoder,
+                 generator: Generator | None = None, critic: Critic | None = None, device="cpu", path=None):
+        self.cfg, self.tokenizer, self.autoencoder = cfg, tokenizer, autoencoder
+        self.generator, self.critic = generator, critic
+        self.device = torch.device(device)
+        self.path = path
+        for m in (autoencoder, generator, critic):
+            if m is not None:
+                m.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> ReviewGAN:
+        """Load a model directory written by `reviewgan train` (or the bundled model if `path` is None)."""
+        if path is None:
+            path = default_model_dir()
+            if path is None:
+                raise ModelError("no model given and no bundled model is installed: pass --model DIR "
+                                 "(train one with: reviewgan train --preset tiny --out runs/tiny)")
+        path = Path(path)
+        if path.is_dir() and (path / ".pending" / "COMMIT").exists() and os.access(path, os.W_OK):
+            recover(path)
+        meta = read_model_config(path)
+        try:
+            cfg = Config.from_dict(meta["config"])
+        except (ConfigError, KeyError, TypeError) as e:
+            raise ModelError(f"{path}: config.json holds an invalid config ({e})") from None
+        try:
+            tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+        except Exception as e:  # tokenizers raises its own Exception subclass
+            raise ModelError(f"{path}: missing or invalid tokenizer.json ({str(e)[:100]})") from None
+        if tokenizer.vocab_size > cfg.data.vocab_size + 16:
+            raise ModelError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, config allows {cfg.data.vocab_size}")
+        dev = resolve_device(device)
+        ae, gen, critic = build_models(cfg, tokenizer.vocab_size)
+        load_weights(ae, path / "autoencoder.safetensors", dev)
+        stages = meta.get("stages", [])
+        if "gan" in stages:
+            load_weights(gen, path / "generator.safetensors", dev)
+            if (path / "critic.safetensors").exists():  # a released model may drop the critic
+                load_weights(critic, path / "critic.safetensors", dev)
+            else:
+                critic = None
+        else:
+            gen = critic = None
+        return cls(cfg, tokenizer, ae, gen, critic, dev, path)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, sentiment="positive", n: int = 1, seed: int | None = None, greedy: bool | None = None,
+                 temperature: float | None = None, top_p: float | None = None, max_len: int | None = None,
+                 records: bool = False, batch_size: int = 1000):
+        """Write `n` reviews of the given sentiment. Same seed, same reviews.
+
+        Decoding defaults come from the model's config (`sample` section).
+        """
+        label = parse_sentiment(sentiment)
+        if self.generator is None:
+            raise ModelError(f"{self.path}: this model has no generator yet (train the gan stage)")
+        if not 1 <= int(n) <= MAX_GENERATE:
+            raise ValueError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
+        s = self.cfg.sample
+        greedy = s.greedy if greedy is None else greedy
+        temperature = s.temperature if temperature is None else float(temperature)
+        top_p = s.top_p if top_p is None else float(top_p)
+        max_len = self.cfg.data.max_len if max_len is None else int(max_len)
+        if temperature <= 0 or not 0 < top_p <= 1 or not 1 <= max_len <= 4096:
+            raise ValueError("temperature must be > 0, top_p in (0, 1], max_len in 1..4096")
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, (1,)).item()))
+        out = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
+            labels = torch.full((b,), label, dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                codes = self.generator(z, labels)
+            out += self._decode(codes, greedy, temperature, top_p, max_len, g, SENTIMENTS[label])
+        return out if records else [r.text for r in out]
+
+    def _decode(self, codes, greedy, temperature, top_p, max_len, g, sentiment=""):
+        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g)
+        return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]
+
+    # ------------------------------------------------------------------ autoencoder
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> codes (N, code_dim). Texts are cleaned and cut to max_len tokens like training data."""
+        budget = self.cfg.data.max_len - 1
+        ids = [x[:budget] + [self.tokenizer.end_id] for x in self.tokenizer.encode_batch([clean_text(t) for t in texts])]
+        lengths = torch.tensor([len(x) for x in ids])
+        batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+        for i, x in enumerate(ids):
+            batch[i, :len(x)] = torch.tensor(x)
+        with torch.no_grad():
+            code, _ = self.autoencoder.encode(batch.to(self.device), lengths)
+        return code
+
+    def decode(self, codes: torch.Tensor, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+               max_len: int | None = None, seed: int = 0) -> list[str]:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        max_len = max_len or self.cfg.data.max_len
+        return [r.text for r in self._decode(codes.to(self.device), greedy, temperature, top_p, max_len, g)]

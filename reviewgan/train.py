@@ -1,0 +1,430 @@
+"""Training: data preparation, stage 1 (autoencoder), stage 2 (conditional WGAN), checkpoints, resume.
+
+    reviewgan train --preset default --out runs/default
+
+Each stage is one readable loop: step, log, validate, print fixed-noise samples, checkpoint.
+A checkpoint holds the weights, the optimiser state, the RNG states and the loop position, so
+`--resume` continues exactly where the last checkpoint left off and ends with the same weights
+an uninterrupted run would have reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .autoencoder import Autoencoder
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, ModelError, load_optimizer, load_weights,
+                         optimizer_tensors, read_json, read_model_config, recover, state_tensors)
+from .config import Config
+from .data import (SENTIMENTS, Units, length_stats, limit_records, load_records, make_units, sentences_of,
+                   split_records, iterate_batches)
+from .gan import clip_weights_, critic_loss, generator_loss
+from .model import ReviewGAN, build_models, resolve_device
+from .tokenizer import PAD, Tokenizer
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: a non-finite loss, a diverging critic, an unusable run directory."""
+
+
+@dataclass
+class Data:
+    tokenizer: Tokenizer
+    units: dict[str, Units]
+    report: str
+
+
+def prepare_data(cfg: Config, tokenizer: Tokenizer | None = None, log=print) -> Data:
+    """Load, split, clean and tokenise. The tokenizer is trained on the training split only."""
+    records, report = load_records(cfg.data.dataset, cfg.data.text_column, cfg.data.label_column)
+    splits = split_records(records, cfg.data.val_frac, cfg.data.test_frac)
+    if cfg.data.limit:  # quick runs: a deterministic subset of every split
+        small = max(20, cfg.data.limit // 10)
+        splits = {k: limit_records(v, cfg.data.limit if k == "train" else small) for k, v in splits.items()}
+    sents = {k: sentences_of(v, cfg.data.unit) for k, v in splits.items()}
+    if tokenizer is None:
+        tokenizer = Tokenizer.train((" ".join(s) for s in sents["train"]), cfg.data.vocab_size, cfg.data.min_frequency)
+    units = {k: make_units(splits[k], sents[k], tokenizer, cfg.data.max_len, cfg.data.unit) for k in splits}
+    msg = (f"{report.summary()}\nunits ({cfg.data.unit}s of <= {cfg.data.max_len} tokens): "
+           + ", ".join(f"{k} {len(u)}" for k, u in units.items())
+           + f"; {units['train'].dropped_long} training {cfg.data.unit}s dropped as longer than max_len")
+    log(msg)
+    if len(units["train"]) == 0:
+        raise TrainingError("no training units: the data is empty or every review's first sentence is too long")
+    return Data(tokenizer, units, msg)
+
+
+def pad_batch(units: Units, idx, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ids (B, T) padded with [PAD] to the batch's own longest unit, lengths (B,), labels (B,)."""
+    seqs = [units.ids[i] for i in idx]
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+    labels = torch.tensor([units.labels[i] for i in idx])
+    return ids.to(device), lengths.to(device), labels.to(device)
+
+
+def check_finite(value: float, what: str, step: int) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(f"{what} became {value} at step {step}; stopped, the last good checkpoint is kept")
+
+
+class Run:
+    """A run directory: the model files, train_state/, metrics.jsonl; resumable and crash-safe."""
+
+    def __init__(self, out: Path, cfg: Config, device: torch.device, log=print):
+        self.out, self.cfg, self.device, self.log = Path(out), cfg, device, log
+        self.state: dict = {"ae": {"epoch": 0, "batch": 0, "step": 0, "done": False},
+                            "gan": {"step": 0, "done": False}, "ckpt": 0}
+
+    def metric(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self, tokenizer, ae, gen=None, critic=None, optims: dict | None = None, rng: dict | None = None,
+             metrics: dict | None = None) -> None:
+        """Write one checkpoint atomically: weights, config, tokenizer and the training state."""
+        self.state["ckpt"] += 1
+        w = CheckpointWriter(self.out)
+        stages = ["ae"] + (["gan"] if gen is not None else [])
+        tag = {"ckpt": self.state["ckpt"], "reviewgan": __version__}
+        w.tensors("autoencoder.safetensors", state_tensors(ae), tag)
+        if gen is not None:
+            w.tensors("generator.safetensors", state_tensors(gen), tag)
+            w.tensors("critic.safetensors", state_tensors(critic), tag)
+        w.text("tokenizer.json", tokenizer.to_str())
+        w.json("config.json", {"format": FORMAT, "format_version": FORMAT_VERSION, "reviewgan": __version__,
+                               "stages": stages, "vocab_size": tokenizer.vocab_size, "config": self.cfg.to_dict(),
+                               "metrics": metrics or {}})
+        for name, opt in (optims or {}).items():
+            tensors, meta = optimizer_tensors(opt)
+            w.tensors(f"train_state/{name}.safetensors", tensors)
+            self.state[f"{name}_meta"] = meta
+        w.tensors("train_state/rng.safetensors", rng or {"torch": torch.get_rng_state()})
+        w.json("train_state/state.json", self.state)
+        w.commit()
+
+    def load_state(self) -> dict:
+        recover(self.out)
+        path = self.out / "train_state" / "state.json"
+        if path.exists():
+            self.state = read_json(path)
+        return self.state
+
+    def load_optimizer(self, name: str, opt) -> None:
+        from safetensors.torch import load_file
+        p = self.out / "train_state" / f"{name}.safetensors"
+        if p.exists() and f"{name}_meta" in self.state:
+            load_optimizer(opt, load_file(str(p)), self.state[f"{name}_meta"])
+
+    def rng(self) -> dict:
+        from safetensors.torch import load_file
+        p = self.out / "train_state" / "rng.safetensors"
+        return load_file(str(p)) if p.exists() else {}
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+@torch.no_grad()
+def evaluate_autoencoder(ae: Autoencoder, units: Units, device, batch_size: int = 256) -> dict:
+    """Teacher-forced reconstruction loss and token accuracy on held-out units (no noise, no dropout)."""
+    ae.eval()
+    tot_loss = tot_correct = tot_tokens = 0.0
+    order = np.argsort(units.lengths(), kind="stable")
+    for s in range(0, len(order), batch_size):
+        ids, lengths, _ = pad_batch(units, order[s:s + batch_size], device)
+        ce, _, correct, n = ae.loss(ids, lengths)
+        tot_loss += float(ce) * int(n); tot_correct += int(correct); tot_tokens += int(n)
+    ae.train()
+    return {"recon_loss": tot_loss / max(tot_tokens, 1), "token_acc": tot_correct / max(tot_tokens, 1)}
+
+
+def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = True) -> dict:
+    cfg, device, st = run.cfg, run.device, run.state["ae"]
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae.lr)
+    run.load_optimizer("ae_optim", opt)
+    units = data.units["train"]
+    lengths = units.lengths()
+    n_batches = math.ceil(len(units) / cfg.ae.batch_size)
+    total = cfg.ae.epochs * n_batches
+    bar = tqdm(total=total, initial=st["step"], desc="autoencoder", disable=not progress, dynamic_ncols=True)
+    ae.train()
+    metrics: dict = {}
+    t0, tokens = time.perf_counter(), 0
+    for epoch in range(st["epoch"], cfg.ae.epochs):
+        # The epoch's batch order depends only on (seed, epoch): a resumed run replays it exactly.
+        batches = iterate_batches(lengths, cfg.ae.batch_size, np.random.default_rng([cfg.train.seed, epoch]))
+        noise_std = cfg.ae.code_noise * cfg.ae.code_noise_decay ** epoch
+        for b in range(st["batch"], len(batches)):
+            ids, lens, _ = pad_batch(units, batches[b], device)
+            ce, kl, correct, n = ae.loss(ids, lens, noise_std=noise_std)
+            kl_w = cfg.ae.kl_weight * min(1.0, (st["step"] + 1) / max(cfg.ae.kl_anneal_steps, 1))
+            loss = ce + kl_w * kl if cfg.ae.variational else ce
+            check_finite(loss.item(), "autoencoder loss", st["step"] + 1)  # before the update: weights stay good
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.ae.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.ae.grad_clip)
+            opt.step()
+            st["step"] += 1; st["batch"] = b + 1
+            tokens += int(n)
+            bar.update(1)
+            if st["step"] % cfg.train.log_every == 0 or b == len(batches) - 1:
+                rate = tokens / (time.perf_counter() - t0)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{ce.item():.3f}", acc=f"{int(correct) / int(n):.2f}",
+                                kl=f"{kl.item():.1f}", tok_s=f"{rate:,.0f}")
+            if st["step"] % cfg.train.ckpt_every == 0 and b < len(batches) - 1:
+                run.save(data.tokenizer, ae, optims={"ae_optim": opt})
+        metrics = {"stage": "ae", "epoch": epoch + 1, "step": st["step"],
+                   **{f"val_{k}": v for k, v in evaluate_autoencoder(ae, data.units["val"], device).items()}}
+        run.metric(metrics)
+        run.log(f"autoencoder epoch {epoch + 1}/{cfg.ae.epochs}: val recon loss {metrics['val_recon_loss']:.3f}, "
+                f"token acc {metrics['val_token_acc']:.3f}")
+        show_reconstructions(ae, data, device, run.log, cfg.train.n_samples)
+        st["epoch"], st["batch"] = epoch + 1, 0
+        st["done"] = st["epoch"] >= cfg.ae.epochs
+        run.save(data.tokenizer, ae, optims={"ae_optim": opt}, metrics=metrics)
+    bar.close()
+    if not st["done"]:  # zero epochs requested
+        st["done"] = True
+        run.save(data.tokenizer, ae, optims={"ae_optim": opt})
+    return metrics
+
+
+@torch.no_grad()
+def show_reconstructions(ae, data: Data, device, log, n: int) -> None:
+    units = data.units["val"]
+    if n <= 0 or len(units) == 0:
+        return
+    ae.eval()
+    ids, lengths, _ = pad_batch(units, list(range(min(n, len(units)))), device)
+    code, _ = ae.encode(ids, lengths)
+    rows, _ = ae.generate(code, data.units["val"].lengths().max() + 5)
+    for i, r in enumerate(rows):
+        log(f"  real: {data.tokenizer.decode(units.ids[i])}\n  recon: {data.tokenizer.decode(r)}")
+    ae.train()
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+@torch.no_grad()
+def encode_units(ae: Autoencoder, units: Units, device, batch_size: int = 512) -> torch.Tensor:
+    """Codes of every unit (N, code_dim), in the units' order: the GAN's "real" data."""
+    ae.eval()
+    order = np.argsort(units.lengths(), kind="stable")
+    codes = torch.empty(len(units), ae.cfg.code_dim, device=device)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, lengths, _ = pad_batch(units, idx, device)
+        codes[torch.as_tensor(idx, device=device)] = ae.encode(ids, lengths)[0]
+    return codes
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.gan.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.gan.lr)
+    return torch.optim.Adam(params, lr=cfg.gan.lr, betas=tuple(cfg.gan.betas))
+
+
+@torch.no_grad()
+def evaluate_gan(gen, critic, codes, labels, cfg, device, seed: int) -> dict:
+    """Critic sentiment accuracy on held-out real codes, and on generated codes of each requested label."""
+    gen.eval(); critic.eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    _, logit = critic(codes, labels)
+    real_acc = float(((logit > 0).long() == labels).float().mean())
+    fake_labels = torch.arange(len(codes), device=device) % 2
+    fake = gen(torch.randn(len(codes), cfg.gan.noise_dim, generator=g, device=device), fake_labels)
+    s_fake, logit_f = critic(fake, fake_labels)
+    s_real, _ = critic(codes, labels)
+    gen.train(); critic.train()
+    return {"critic_acc_real": real_acc, "critic_acc_fake": float(((logit_f > 0).long() == fake_labels).float().mean()),
+            "val_wdist": float(s_real.mean() - s_fake.mean())}
+
+
+def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool = True) -> dict:
+    cfg, device, st = run.cfg, run.device, run.state["gan"]
+    gcfg = cfg.gan
+    codes = encode_units(ae, data.units["train"], device)  # (N, C), fixed: the AE is frozen in stage 2
+    labels = torch.tensor(data.units["train"].labels, device=device)
+    val_codes = encode_units(ae, data.units["val"], device)
+    val_labels = torch.tensor(data.units["val"].labels, device=device)
+    opt_g = make_optimizer(gen.parameters(), cfg)
+    opt_c = make_optimizer(critic.parameters(), cfg)
+    run.load_optimizer("gen_optim", opt_g)
+    run.load_optimizer("critic_optim", opt_c)
+    # All of stage 2's sampling (batches, noise, labels) comes from this generator; its state is checkpointed.
+    g = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    saved = run.rng()
+    if "gan" in saved and st["step"] > 0:
+        g.set_state(saved["gan"])
+    # Fixed noise, decoded at each validation so progress can be watched on the same inputs.
+    fixed_z = torch.randn(2 * cfg.train.n_samples, gcfg.noise_dim,
+                          generator=torch.Generator().manual_seed(cfg.train.seed + 2)).to(device)
+    fixed_y = torch.arange(2 * cfg.train.n_samples, device=device) % 2
+    B, N = gcfg.batch_size, len(codes)
+
+    def sample_fake(batch):
+        z = torch.randn(batch, gcfg.noise_dim, generator=g, device=device)  # fresh Gaussian noise every step
+        y = torch.randint(0, 2, (batch,), generator=g, device=device)
+        return z, y
+
+    def save(metrics=None):
+        run.save(data.tokenizer, ae, gen, critic, {"gen_optim": opt_g, "critic_optim": opt_c},
+                 {"torch": torch.get_rng_state(), "gan": g.get_state()}, metrics)
+
+    gen.train(); critic.train()
+    bar = tqdm(total=gcfg.steps, initial=st["step"], desc="gan", disable=not progress, dynamic_ncols=True)
+    metrics, t0, done0 = {}, time.perf_counter(), st["step"]
+    while st["step"] < gcfg.steps:
+        # (1) update the critic n_critic times on real codes vs generated codes
+        for _ in range(gcfg.n_critic):
+            idx = torch.randint(0, N, (B,), generator=g, device=device)
+            z, y = sample_fake(B)
+            with torch.no_grad():
+                fake = gen(z, y)
+            c_loss, c_parts = critic_loss(critic, codes[idx], labels[idx], fake, y, gcfg)
+            check_finite(c_loss.item(), "GAN critic loss", st["step"] + 1)
+            opt_c.zero_grad(set_to_none=True)
+            c_loss.backward()
+            opt_c.step()
+            if gcfg.lipschitz == "clip":
+                clip_weights_(critic, gcfg.clip_value)
+        # (2) update the generator once
+        z, y = sample_fake(B)
+        g_loss, g_parts = generator_loss(critic, gen(z, y), y, gcfg)
+        check_finite(g_loss.item(), "GAN generator loss", st["step"] + 1)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        st["step"] += 1
+        bar.update(1)
+        if st["step"] % cfg.train.log_every == 0:
+            parts = {k: float(v) for k, v in {**c_parts, **g_parts}.items()}
+            if abs(parts["wdist"]) > 1e4:
+                raise TrainingError(f"the critic diverged at GAN step {st['step']} (Wasserstein estimate "
+                                    f"{parts['wdist']:.3g}); lower gan.lr or use gan.lipschitz=gp")
+            bar.set_postfix(c=f"{parts['c_loss']:.3f}", g=f"{parts['g_loss']:.3f}", w=f"{parts['wdist']:.3f}",
+                            acc=f"{parts['c_acc']:.2f}", it_s=f"{(st['step'] - done0) / (time.perf_counter() - t0):.1f}")
+        if st["step"] % cfg.train.eval_every == 0 or st["step"] == gcfg.steps:
+            metrics = {"stage": "gan", "step": st["step"],
+                       **evaluate_gan(gen, critic, val_codes, val_labels, cfg, device, cfg.train.seed + 3)}
+            run.metric(metrics)
+            run.log(f"gan step {st['step']}: critic sentiment acc real {metrics['critic_acc_real']:.3f}, "
+                    f"fake {metrics['critic_acc_fake']:.3f}, val W-distance {metrics['val_wdist']:.3f}")
+            gen.eval()
+            with torch.no_grad():
+                rows, _ = ae.generate(gen(fixed_z, fixed_y), cfg.data.max_len)
+            gen.train()
+            for y_, r in zip(fixed_y.tolist(), rows):
+                run.log(f"  [{SENTIMENTS[y_]}] {data.tokenizer.decode(r)}")
+        if st["step"] % cfg.train.ckpt_every == 0 or st["step"] == gcfg.steps:
+            st["done"] = st["step"] >= gcfg.steps
+            save(metrics)
+    bar.close()
+    if not st["done"]:  # zero steps requested
+        st["done"] = True
+        save(metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Config, bool]:
+    """Decide what to do with `out`. Returns the config to use and whether earlier work is reused."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} exists and is not a directory")
+    has_run = (out / "config.json").exists() or (out / ".pending").exists()
+    if has_run and force:
+        for name in ("config.json", "tokenizer.json", "autoencoder.safetensors", "generator.safetensors",
+                     "critic.safetensors", "metrics.jsonl", "train_state", ".pending"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        has_run = False
+    if not has_run:
+        if resume:
+            log(f"nothing to resume in {out}; starting a new run")
+        out.mkdir(parents=True, exist_ok=True)
+        return cfg, False
+    recover(out)
+    saved = Config.from_dict(read_model_config(out)["config"])
+    if resume:
+        if saved.to_dict() != cfg.to_dict():
+            log("resuming with the run's saved config (the given preset/overrides are ignored)")
+        return saved, True
+    if saved.to_dict() == cfg.to_dict():
+        return saved, True  # same run, e.g. `--stage gan` after `--stage ae`
+    raise TrainingError(f"--out {out} already holds a different run; use --resume to continue it or --force to overwrite")
+
+
+def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False, force: bool = False,
+          progress: bool = True, log=None) -> ReviewGAN:
+    """Train the stages asked for into the run directory `out`; returns the trained model."""
+    log = log or (lambda msg: tqdm.write(msg))
+    out = Path(out)
+    cfg, reuse = open_run(cfg, out, resume, force, log)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    run = Run(out, cfg, device, log)
+    tokenizer = None
+    if reuse:
+        run.load_state()
+        if not resume:
+            for s in (["ae"] if stage in ("ae", "all") else []) + (["gan"] if stage in ("gan", "all") else []):
+                if 0 < run.state[s].get("step", 0) and not run.state[s]["done"]:
+                    raise TrainingError(f"{out}: the {s} stage was interrupted; continue it with --resume")
+        tokenizer = Tokenizer.from_file(out / "tokenizer.json")
+    data = prepare_data(cfg, tokenizer, log)
+    ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size)
+    ae.to(device); gen.to(device); critic.to(device)
+    if reuse and (out / "autoencoder.safetensors").exists():
+        load_weights(ae, out / "autoencoder.safetensors", device)
+        if (out / "generator.safetensors").exists():
+            load_weights(gen, out / "generator.safetensors", device)
+            load_weights(critic, out / "critic.safetensors", device)
+        if "torch" in run.rng():
+            torch.set_rng_state(run.rng()["torch"])
+    if not reuse:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if stage in ("ae", "all") and not run.state["ae"]["done"]:
+        train_autoencoder(run, data, ae, progress)
+    if stage in ("gan", "all") and not run.state["gan"]["done"]:
+        if not run.state["ae"]["done"]:
+            raise TrainingError(f"{out}: train the autoencoder first (--stage ae or all)")
+        train_gan(run, data, ae, gen, critic, progress)
+    return ReviewGAN.from_pretrained(out, device=str(device))
+
+
+def stats(cfg: Config, out: Path | None = None, log=print) -> dict:
+    """Length statistics of raw reviews and of training units, and the length histogram (paper Figure 6)."""
+    data = prepare_data(cfg, None, log)
+    records, _ = load_records(cfg.data.dataset, cfg.data.text_column, cfg.data.label_column)
+    raw = np.array([len(ids) for ids in data.tokenizer.encode_batch([" ".join(sentences_of([r], "sentence")[0])
+                                                                     for r in records])])
+    units = np.concatenate([u.lengths() for u in data.units.values()])
+    result = {"reviews_tokens": length_stats(raw), "units_tokens": length_stats(units),
+              "units": {k: len(u) for k, u in data.units.items()},
+              "positive_frac_train": float(np.mean(data.units["train"].labels))}
+    if out is not None:
+        from .plots import length_histogram
+        Path(out).mkdir(parents=True, exist_ok=True)
+        length_histogram({"full reviews": raw, f"training units (<= {cfg.data.max_len})": units}, Path(out) / "lengths.png")
+        (Path(out) / "stats.json").write_text(json.dumps(result, indent=2))
+    return result

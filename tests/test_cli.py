@@ -1,0 +1,113 @@
+"""The command line: happy paths, and every bad input a user can cause gets one clear line and exit 2."""
+
+import json
+import shutil
+
+import pytest
+
+from reviewgan.cli import main
+
+from .conftest import write_csv
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_text_and_jsonl(capsys, tiny_model_dir):
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "--sentiment", "both", "-n", "3",
+                       "--seed", "1", "--format", "jsonl")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["sentiment"] for r in rows] == ["positive"] * 3 + ["negative"] * 3
+    assert all(set(r) == {"sentiment", "text", "tokens", "ended"} for r in rows)
+    code, again, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "--sentiment", "both", "-n", "3",
+                         "--seed", "1", "--format", "jsonl")
+    assert again == out  # same seed, same output
+    code, text, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "-n", "2", "--temperature", "0.7",
+                        "--top-p", "0.9", "--seed", "0", "--max-len", "10")
+    assert code == 0 and len(text.splitlines()) == 2 and "##" not in text
+
+
+def test_stats(capsys, corpus_csv, tmp_path):
+    code, out, _ = run(capsys, "stats", "--preset", "tiny", "--data", str(corpus_csv), "--out", str(tmp_path))
+    assert code == 0 and "mean=" in out and "variance=" in out and "median=" in out
+    assert (tmp_path / "lengths.png").stat().st_size > 1000
+
+
+def bad(capsys, *argv, match):
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reviewgan: error:"), err
+    assert match in lines[0], lines[0]
+
+
+def test_bad_generate_inputs(capsys, tiny_model_dir, tmp_path):
+    m = str(tiny_model_dir)
+    bad(capsys, "generate", "--model", m, "--sentiment", "neutral", match="unknown sentiment")
+    bad(capsys, "generate", "--model", m, "-n", "0", match="between 1 and")
+    bad(capsys, "generate", "--model", m, "-n", "10000000", match="between 1 and")
+    bad(capsys, "generate", "--model", m, "--temperature", "0", match="temperature")
+    bad(capsys, "generate", "--model", str(tmp_path / "nope"), match="does not exist")
+    bad(capsys, "generate", "--model", str(tmp_path), match="not a reviewgan model directory")
+
+
+def copy_model(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train_state"))
+    return dst
+
+
+def test_corrupt_and_incompatible_models(capsys, tiny_model_dir, tmp_path):
+    trunc = copy_model(tiny_model_dir, tmp_path / "trunc")
+    data = (trunc / "generator.safetensors").read_bytes()
+    (trunc / "generator.safetensors").write_bytes(data[: len(data) // 2])
+    bad(capsys, "generate", "--model", str(trunc), match="corrupt or truncated")
+
+    old = copy_model(tiny_model_dir, tmp_path / "old")
+    meta = json.loads((old / "config.json").read_text())
+    meta["format_version"] = 99
+    (old / "config.json").write_text(json.dumps(meta))
+    bad(capsys, "generate", "--model", str(old), match="format version 99")
+
+    shapes = copy_model(tiny_model_dir, tmp_path / "shapes")  # config and weights disagree
+    meta = json.loads((shapes / "config.json").read_text())
+    meta["config"]["gan"]["width"] = 17
+    (shapes / "config.json").write_text(json.dumps(meta))
+    bad(capsys, "generate", "--model", str(shapes), match="shape")
+
+    huge = copy_model(tiny_model_dir, tmp_path / "huge")  # absurd sizes are refused before allocating
+    meta = json.loads((huge / "config.json").read_text())
+    meta["config"]["ae"]["code_dim"] = 10**9
+    (huge / "config.json").write_text(json.dumps(meta))
+    bad(capsys, "generate", "--model", str(huge), match="invalid config")
+
+
+def test_bad_train_inputs(capsys, corpus_csv, tiny_model_dir, tmp_path):
+    bad(capsys, "train", "--preset", "nope", "--out", str(tmp_path / "x"), match="unknown preset")
+    bad(capsys, "train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "ae.epochs=many", match="ae.epochs")
+    bad(capsys, "train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "ae.nope=1", match="unknown config key")
+    bad(capsys, "train", "--preset", "tiny", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"),
+        match="no such file")
+    malformed = tmp_path / "bad.csv"
+    malformed.write_text("text,label\nfine,1,extra,fields\n")
+    bad(capsys, "train", "--preset", "tiny", "--data", str(malformed), "--out", str(tmp_path / "x"), match="malformed CSV")
+    # An --out that already holds a different run is left untouched.
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_model_dir.iterdir()}
+    bad(capsys, "train", "--preset", "tiny", "--data", str(corpus_csv), "--set", "ae.epochs=3",
+        "--out", str(tiny_model_dir), match="different run")
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_model_dir.iterdir()} == before
+
+
+def test_train_command_end_to_end(capsys, tmp_path):
+    data = tmp_path / "small.csv"
+    write_csv(data, [(f"the film number {i} was {'great' if i % 2 else 'awful'}.", i % 2) for i in range(120)])
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--quiet",
+                          "--set", "gan.steps=10")
+    assert code == 0 and "[positive]" in stdout and "[negative]" in stdout
+    code, _, _ = run(capsys, "train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--quiet",
+                     "--set", "gan.steps=12", "--force")
+    assert code == 0 and json.loads((out / "config.json").read_text())["config"]["gan"]["steps"] == 12

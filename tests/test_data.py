@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+
+from reviewgan.data import (DataError, Record, clean_text, iterate_batches, load_records, make_units,
+                            sentences_of, split_records, split_sentences)
+from reviewgan.tokenizer import Tokenizer
+
+from .conftest import write_csv
+
+
+def test_clean_text_strips_html_and_specials_keeps_punctuation():
+    text = 'Great <br /><br />Film!! Costs $5 & "stars": 10/10… Café'
+    out = clean_text(text)
+    assert "<br" not in out and "$" not in out and '"' not in out and "&" not in out
+    assert out == out.lower()
+    assert "great film!!" in out and "10 10" in out and "cafe" in out
+    assert clean_text("Wow!!!!!!") == "wow!!"
+
+
+def test_split_sentences():
+    assert split_sentences("one. two! three? four") == ["one.", "two!", "three?", "four"]
+
+
+def make_tok(texts):
+    return Tokenizer.train(texts, vocab_size=200, min_frequency=1)
+
+
+def test_units_cut_at_sentence_boundary_and_drop_long_first_sentence():
+    recs = [Record("a b c. d e f. g h i j k l m n.", 1), Record("a b c d e f g h i j k l m n o p.", 0)]
+    sents = sentences_of(recs)
+    tok = make_tok([" ".join(s) for s in sents])
+    units = make_units(recs, sents, tok, max_len=10)
+    # Review 1: "a b c." (4 tokens) + "d e f." (4) fit in 9 (+[END]); adding the third would cut it.
+    assert len(units) == 1 and units.texts[0] == "a b c. d e f."
+    assert units.ids[0][-1] == tok.end_id and len(units.ids[0]) == 9
+    assert units.dropped_long == 1
+    per_sentence = make_units(recs, sentences_of(recs, "sentence"), tok, max_len=10, unit="sentence")
+    assert per_sentence.texts == ["a b c.", "d e f.", "g h i j k l m n."] and per_sentence.dropped_long == 1
+
+
+def test_split_is_deterministic_and_per_review():
+    recs = [Record(f"review {i} text", i % 2) for i in range(2000)]
+    a = split_records(recs, 0.1, 0.1)
+    b = split_records(list(reversed(recs))[:1000], 0.1, 0.1)  # other reviews, other order
+    side = {r.text: k for k, rs in a.items() for r in rs}
+    assert all(side[r.text] == k for k, rs in b.items() for r in rs)
+    for k, frac in (("test", 0.1), ("val", 0.1)):
+        pos = sum(r.label for r in a[k]) / len(a[k])
+        assert abs(len(a[k]) / 2000 - frac) < 0.03 and abs(pos - 0.5) < 0.1  # stratified in expectation
+
+
+def test_load_csv_counts_duplicates_and_bad_rows(tmp_path):
+    p = tmp_path / "d.csv"
+    write_csv(p, [("good", "positive"), ("good", "positive"), ("", 1), ("meh", "maybe"), ("bad", "0")],
+              header=("review", "sentiment"))
+    recs, rep = load_records(str(p))
+    assert [(r.text, r.label) for r in recs] == [("good", 1), ("bad", 0)]
+    assert (rep.rows, rep.duplicates, rep.empty, rep.bad_label, rep.kept) == (5, 1, 1, 1, 2)
+
+
+def test_load_jsonl_and_aclimdb(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [("fine", 1), ("poor", 0)]))
+    assert [r.label for r in load_records(str(p))[0]] == [1, 0]
+    for split, lab, name, text in [("train", "pos", "1_9.txt", "loved it"), ("test", "neg", "2_2.txt", "hated it")]:
+        d = tmp_path / "aclImdb" / split / lab
+        d.mkdir(parents=True)
+        (d / name).write_text(text)
+    recs, _ = load_records(str(tmp_path / "aclImdb"))
+    assert sorted((r.text, r.label, r.rating) for r in recs) == [("hated it", 0, 2), ("loved it", 1, 9)]
+
+
+def test_bad_data_sources(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_records(str(tmp_path / "missing.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text('text,label\n"unterminated,1\n')
+    with pytest.raises(DataError):
+        load_records(str(bad))
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("a,b\nx,1\n")
+    with pytest.raises(DataError, match="text column"):
+        load_records(str(nocol))
+    badjson = tmp_path / "b.jsonl"
+    badjson.write_text("{not json}\n")
+    with pytest.raises(DataError, match="JSON"):
+        load_records(str(badjson))
+
+
+def test_builtin_datasets_read_offline():
+    imdb, rep = load_records("imdb")
+    assert rep.rows == 25000 and rep.duplicates == 96 and len(imdb) == 24904
+    assert sum(r.label for r in imdb) in range(12400, 12501)
+    rt, _ = load_records("rotten_tomatoes")
+    assert len(rt) > 8000
+
+
+def test_length_bucketed_batches_cover_everything_once():
+    lengths = np.random.default_rng(0).integers(3, 40, size=1000)
+    batches = iterate_batches(lengths, 64, np.random.default_rng(1))
+    allidx = np.concatenate(batches)
+    assert sorted(allidx.tolist()) == list(range(1000))
+    # Within a batch lengths are close: far less padding than random batching would give.
+    waste = sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in batches) / lengths.sum()
+    assert waste < 0.1  # random batches of 64 would waste ~80 % here

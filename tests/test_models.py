@@ -1,0 +1,137 @@
+"""Unit tests that would catch every bug NOTES.md lists in the seed's code."""
+
+import torch
+
+from reviewgan.autoencoder import Autoencoder, decoder_io, sample_top_p
+from reviewgan.config import AEConfig, GANConfig
+from reviewgan.gan import (Critic, Generator, ResidualBlock, clip_weights_, critic_loss, gradient_penalty)
+from reviewgan.tokenizer import END, PAD, START
+
+AE = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, code_activation="l2")
+
+
+def batch(seqs):
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), PAD)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+    return ids, lengths
+
+
+def test_targets_shift_without_wraparound():
+    ids, lengths = batch([[5, 6, 7, END], [8, END]])
+    inputs, targets, mask = decoder_io(ids, lengths)
+    assert inputs.tolist() == [[START, 5, 6, 7], [START, 8, END, PAD]]
+    assert targets[:, -1].tolist() == [END, PAD]  # last target is [END] / padding, never [START]
+    assert mask.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+def test_loss_unchanged_by_padding():
+    torch.manual_seed(0)
+    ae = Autoencoder(50, AE).eval()
+    seqs = [[5, 6, 7, END], [8, 9, END]]
+    ids, lengths = batch(seqs)
+    padded = torch.cat([ids, torch.full((2, 7), PAD)], dim=1)  # same batch, 7 extra pad columns
+    a = ae.loss(ids, lengths)
+    b = ae.loss(padded, lengths)
+    assert torch.allclose(a[0], b[0], atol=1e-6) and a[3] == b[3] == 7
+    # and the code of a review does not depend on how much padding sits beside it
+    assert torch.allclose(ae.encode(ids, lengths)[0], ae.encode(padded, lengths)[0], atol=1e-6)
+
+
+def test_variational_option_has_kl_and_samples():
+    torch.manual_seed(0)
+    ae = Autoencoder(50, AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, variational=True)).train()
+    ids, lengths = batch([[5, 6, END], [7, END]])
+    c1, kl = ae.encode(ids, lengths, sample=True)
+    c2, _ = ae.encode(ids, lengths, sample=True)
+    assert kl.item() > 0 and not torch.allclose(c1, c2)
+    assert torch.allclose(*[ae.encode(ids, lengths, sample=False)[0] for _ in range(2)])
+
+
+def test_code_noise_and_squashing():
+    torch.manual_seed(0)
+    ae = Autoencoder(50, AE)
+    ids, lengths = batch([[5, 6, END]])
+    code, _ = ae.encode(ids, lengths)
+    assert torch.allclose(code.norm(dim=-1), torch.ones(1))  # l2 codes live on the unit sphere
+    noisy, _ = ae.encode(ids, lengths, noise_std=0.5)
+    assert not torch.allclose(code, noisy)
+
+
+def test_residual_block_adds_its_own_input():
+    blk = ResidualBlock(4, 0.0)
+    torch.nn.init.zeros_(blk.fc2.weight); torch.nn.init.zeros_(blk.fc2.bias)
+    x = torch.randn(3, 4)
+    assert torch.equal(blk(x), x)  # branch is zero -> identity, whatever came before the block
+    torch.nn.init.normal_(blk.fc2.weight)
+    assert torch.allclose(blk(x), x + blk.fc2(torch.relu(blk.fc1(x))))
+
+
+def test_clipping_bounds_every_critic_parameter():
+    cfg = GANConfig(width=8, n_blocks=3, cond_dim=4, critic_conditioned=True)
+    critic = Critic(cfg, 16)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.normal_(0, 1)
+    clip_weights_(critic, 0.01)
+    names = [n for n, _ in critic.named_parameters()]
+    assert any("bias" in n for n in names) and any("out" in n for n in names) and any("cond" in n for n in names)
+    for n, p in critic.named_parameters():
+        assert p.abs().max() <= 0.01 + 1e-9, n
+
+
+def test_gradient_penalty_is_per_sample():
+    class Linear(torch.nn.Module):  # critic D(x) = w_i . x for sample i: per-sample gradient norm is known
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x, labels):
+            return (x * self.w).sum(-1), x[:, 0]
+
+    w = torch.tensor([[3.0, 4.0], [0.6, 0.8]])  # |grad| = 5 and 1 per sample
+    real, fake = torch.randn(2, 2), torch.randn(2, 2)
+    gp = gradient_penalty(Linear(w), real, fake, torch.zeros(2, dtype=torch.long))
+    assert torch.allclose(gp, torch.tensor(((5 - 1) ** 2 + (1 - 1) ** 2) / 2))  # not (|batch grad| - 1)^2
+
+
+def test_generator_output_in_code_space_and_condition_matters():
+    torch.manual_seed(0)
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
+    g = Generator(cfg, 16, "sigmoid")
+    z = torch.randn(5, 8)
+    a = g(z, torch.zeros(5, dtype=torch.long))
+    b = g(z, torch.ones(5, dtype=torch.long))
+    assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, b)
+
+
+def test_critic_loss_parts():
+    torch.manual_seed(0)
+    cfg = GANConfig(width=8, n_blocks=1, cond_dim=4, lipschitz="gp", cls_loss="mse", cls_on_fake=True)
+    critic = Critic(cfg, 16)
+    loss, parts = critic_loss(critic, torch.rand(6, 16), torch.tensor([0, 1] * 3), torch.rand(6, 16),
+                              torch.tensor([1, 0] * 3), cfg)
+    assert loss.requires_grad and parts["gp"] > 0 and 0 <= parts["c_acc"] <= 1
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_top_p(logits, 1.0, 0.5, g)) for _ in range(50)}
+    assert draws == {0}
+    draws = {int(sample_top_p(logits, 1.0, 0.85, g)) for _ in range(200)}
+    assert draws == {0, 1}
+
+
+def test_generation_stops_at_end_and_is_batched():
+    torch.manual_seed(0)
+    ae = Autoencoder(20, AE).eval()
+    with torch.no_grad():  # make [END] the argmax after the first step for every code
+        ae.decoder.out.weight.zero_(); ae.decoder.out.bias.zero_(); ae.decoder.out.bias[END] = 5
+    rows, ended = ae.generate(torch.randn(4, 16), max_len=10)
+    assert rows == [[]] * 4 and ended == [True] * 4
+    with torch.no_grad():
+        ae.decoder.out.bias[END] = -5; ae.decoder.out.bias[7] = 5
+    rows, ended = ae.generate(torch.randn(3, 16), max_len=6)
+    assert rows == [[7] * 6] * 3 and ended == [False] * 3

@@ -1,0 +1,134 @@
+"""End-to-end: train the tiny config on a synthetic corpus, generate, reload, resume, determinism."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reviewgan import ReviewGAN
+from reviewgan.train import TrainingError, train
+
+from .conftest import tiny_config
+
+QUIET = {"progress": False, "log": lambda m: None}
+WEIGHTS = ("autoencoder.safetensors", "generator.safetensors", "critic.safetensors")
+
+
+def weights(d):
+    return {f: load_file(str(d / f)) for f in WEIGHTS}
+
+
+def same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    return all(torch.equal(wa[f][k], wb[f][k]) for f in WEIGHTS for k in wa[f])
+
+
+def test_model_directory_is_self_describing(tiny_model_dir):
+    names = {p.name for p in tiny_model_dir.iterdir()}
+    assert {"config.json", "tokenizer.json", *WEIGHTS, "train_state", "metrics.jsonl"} <= names
+    meta = json.loads((tiny_model_dir / "config.json").read_text())
+    assert meta["format"] == "reviewgan-model" and meta["stages"] == ["ae", "gan"]
+    assert meta["config"]["preset"] == "tiny"
+    assert not list(tiny_model_dir.rglob("*.pt")) and not list(tiny_model_dir.rglob("*.pkl"))
+    metrics = [json.loads(l) for l in (tiny_model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {m["stage"] for m in metrics} == {"ae", "gan"}
+    assert all(0 <= m.get("val_token_acc", 0.5) <= 1 for m in metrics)
+
+
+def test_generate_reload_generate(tiny_model_dir, tmp_path):
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    a = model.generate("positive", n=6, seed=3, records=True)
+    assert len(a) == 6 and all(r.sentiment == "positive" for r in a)
+    assert all("##" not in r.text and "[END]" not in r.text and "[PAD]" not in r.text for r in a)
+    assert all(r.tokens <= model.cfg.data.max_len for r in a)
+    # A released copy without the training state loads anywhere and says the same.
+    released = tmp_path / "released"
+    released.mkdir()
+    for f in ("config.json", "tokenizer.json", "autoencoder.safetensors", "generator.safetensors"):
+        (released / f).write_bytes((tiny_model_dir / f).read_bytes())
+    again = ReviewGAN.from_pretrained(released)
+    assert [r.text for r in again.generate("positive", n=6, seed=3, records=True)] == [r.text for r in a]
+    assert again.critic is None
+    assert model.generate("negative", n=6, seed=3) != model.generate("negative", n=6, seed=4)
+    sampled = model.generate("negative", n=4, seed=1, greedy=False, temperature=0.8, top_p=0.9)
+    assert sampled == model.generate("negative", n=4, seed=1, greedy=False, temperature=0.8, top_p=0.9)
+
+
+def test_encode_decode_api(tiny_model_dir):
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    codes = model.encode(["the movie was great.", "the film was awful!"])
+    assert codes.shape == (2, model.cfg.ae.code_dim)
+    assert len(model.decode(codes)) == 2
+
+
+def test_same_seed_same_weights(corpus_csv, tiny_model_dir, tmp_path):
+    train(tiny_config(corpus_csv), tmp_path / "again", **QUIET)
+    assert same_weights(tiny_model_dir, tmp_path / "again")
+    train(tiny_config(corpus_csv, "train.seed=1"), tmp_path / "other", **QUIET)
+    assert not same_weights(tiny_model_dir, tmp_path / "other")
+
+
+@pytest.mark.parametrize("crash_at", ["ae", "gan"])
+def test_resume_equals_uninterrupted(corpus_csv, tiny_model_dir, tmp_path, monkeypatch, crash_at):
+    """Crash mid-stage (after a checkpoint, before the next), resume, and end with the same weights."""
+    import reviewgan.train as T
+    out = tmp_path / "crashed"
+    calls = {"n": 0}
+    original = T.Run.save
+
+    def crashing_save(self, *a, **k):
+        original(self, *a, **k)
+        stage_ok = self.state["gan"]["step"] > 0 if crash_at == "gan" else self.state["ae"]["step"] > 0
+        if stage_ok:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt("simulated kill right after a checkpoint")
+
+    monkeypatch.setattr(T.Run, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(corpus_csv), out, **QUIET)
+    monkeypatch.setattr(T.Run, "save", original)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(tiny_config(corpus_csv), out, **QUIET)
+    train(tiny_config(corpus_csv), out, resume=True, **QUIET)
+    assert same_weights(tiny_model_dir, out)
+
+
+def test_stages_can_run_separately(corpus_csv, tiny_model_dir, tmp_path):
+    out = tmp_path / "staged"
+    m = train(tiny_config(corpus_csv), out, stage="ae", **QUIET)
+    assert m.generator is None and json.loads((out / "config.json").read_text())["stages"] == ["ae"]
+    train(tiny_config(corpus_csv), out, stage="gan", **QUIET)
+    assert same_weights(tiny_model_dir, out)
+
+
+def test_gan_noise_is_gaussian_and_fresh_every_step(corpus_csv, tmp_path, monkeypatch):
+    import reviewgan.gan as G
+    seen = []
+    original = G.Generator.forward
+
+    def spy(self, z, labels):
+        seen.append(z.detach().clone())
+        return original(self, z, labels)
+
+    monkeypatch.setattr(G.Generator, "forward", spy)
+    train(tiny_config(corpus_csv, "gan.steps=3", "train.eval_every=100", "train.n_samples=0"), tmp_path / "n", **QUIET)
+    batches = [z for z in seen if z.size(0) == 32]
+    assert len(batches) == 3 * (2 + 1)  # n_critic + 1 draws per step
+    assert all(not torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
+    allz = torch.cat(batches)
+    assert (allz < 0).any() and abs(allz.mean()) < 0.1 and abs(allz.std() - 1) < 0.1
+
+
+def test_nan_loss_stops_with_clear_message(corpus_csv, tmp_path, monkeypatch):
+    import reviewgan.autoencoder as A
+    original = A.Autoencoder.loss
+
+    def poisoned(self, *a, **k):
+        ce, kl, correct, n = original(self, *a, **k)
+        return ce * float("nan"), kl, correct, n
+
+    monkeypatch.setattr(A.Autoencoder, "loss", poisoned)
+    with pytest.raises(TrainingError, match=r"autoencoder loss became nan at step 1;"):
+        train(tiny_config(corpus_csv, "train.log_every=1"), tmp_path / "nan", **QUIET)

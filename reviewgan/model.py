@@ -18,6 +18,7 @@ from .checkpoint import ModelError, load_weights, read_model_config, recover
 from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
+from .lm import ConditionalLM
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
@@ -58,7 +59,14 @@ def default_model_dir() -> Path | None:
     return None
 
 
+def stage1_file(cfg: Config) -> str:
+    return "lm.safetensors" if cfg.model == "lm" else "autoencoder.safetensors"
+
+
 def build_models(cfg: Config, vocab_size: int):
+    """-> stage-1 model (autoencoder, or the LM baseline), generator, critic (None for the LM)."""
+    if cfg.model == "lm":
+        return ConditionalLM(vocab_size, cfg.ae), None, None
     ae = Autoencoder(vocab_size, cfg.ae)
     gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     critic = Critic(cfg.gan, cfg.ae.code_dim)
@@ -100,9 +108,9 @@ class ReviewGAN:
             raise ModelError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, config allows {cfg.data.vocab_size}")
         dev = resolve_device(device)
         ae, gen, critic = build_models(cfg, tokenizer.vocab_size)
-        load_weights(ae, path / "autoencoder.safetensors", dev)
+        load_weights(ae, path / stage1_file(cfg), dev)
         stages = meta.get("stages", [])
-        if "gan" in stages:
+        if gen is not None and "gan" in stages:
             load_weights(gen, path / "generator.safetensors", dev)
             if (path / "critic.safetensors").exists():  # a released model may drop the critic
                 load_weights(critic, path / "critic.safetensors", dev)
@@ -122,7 +130,7 @@ class ReviewGAN:
         Decoding defaults come from the model's config (`sample` section).
         """
         label = parse_sentiment(sentiment)
-        if self.generator is None:
+        if self.generator is None and not self.is_lm:
             raise ModelError(f"{self.path}: this model has no generator yet (train the gan stage)")
         if not 1 <= int(n) <= MAX_GENERATE:
             raise ValueError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
@@ -138,8 +146,12 @@ class ReviewGAN:
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
             labels = torch.full((b,), label, dtype=torch.long, device=self.device)
+            if self.is_lm:
+                rows, ended = self.autoencoder.generate(labels, max_len, greedy, temperature, top_p, g)
+                out += self._reviews(rows, ended, SENTIMENTS[label])
+                continue
+            z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
             with torch.no_grad():
                 codes = self.generator(z, labels)
             out += self._decode(codes, greedy, temperature, top_p, max_len, g, SENTIMENTS[label])
@@ -147,12 +159,21 @@ class ReviewGAN:
 
     def _decode(self, codes, greedy, temperature, top_p, max_len, g, sentiment=""):
         rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g)
+        return self._reviews(rows, ended, sentiment)
+
+    def _reviews(self, rows, ended, sentiment):
         return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]
+
+    @property
+    def is_lm(self) -> bool:
+        return self.cfg.model == "lm"
 
     # ------------------------------------------------------------------ autoencoder
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Texts -> codes (N, code_dim). Texts are cleaned and cut to max_len tokens like training data."""
+        if self.is_lm:
+            raise ModelError("the LM baseline has no autoencoder: encode/decode need a GAN model")
         budget = self.cfg.data.max_len - 1
         ids = [x[:budget] + [self.tokenizer.end_id] for x in self.tokenizer.encode_batch([clean_text(t) for t in texts])]
         lengths = torch.tensor([len(x) for x in ids])

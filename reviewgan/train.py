@@ -29,7 +29,8 @@ from .config import Config
 from .data import (SENTIMENTS, Units, length_stats, limit_records, load_records, make_units, sentences_of,
                    split_records, iterate_batches)
 from .gan import clip_weights_, critic_loss, generator_loss
-from .model import ReviewGAN, build_models, resolve_device
+from .lm import ConditionalLM
+from .model import ReviewGAN, build_models, resolve_device, stage1_file
 from .tokenizer import PAD, Tokenizer
 
 
@@ -102,9 +103,9 @@ class Run:
         """Write one checkpoint atomically: weights, config, tokenizer and the training state."""
         self.state["ckpt"] += 1
         w = CheckpointWriter(self.out)
-        stages = ["ae"] + (["gan"] if gen is not None else [])
+        stages = [self.cfg.model if self.cfg.model == "lm" else "ae"] + (["gan"] if gen is not None else [])
         tag = {"ckpt": self.state["ckpt"], "reviewgan": __version__}
-        w.tensors("autoencoder.safetensors", state_tensors(ae), tag)
+        w.tensors(stage1_file(self.cfg), state_tensors(ae), tag)
         if gen is not None:
             w.tensors("generator.safetensors", state_tensors(gen), tag)
             w.tensors("critic.safetensors", state_tensors(critic), tag)
@@ -149,8 +150,8 @@ def evaluate_autoencoder(ae: Autoencoder, units: Units, device, batch_size: int 
     tot_loss = tot_correct = tot_tokens = 0.0
     order = np.argsort(units.lengths(), kind="stable")
     for s in range(0, len(order), batch_size):
-        ids, lengths, _ = pad_batch(units, order[s:s + batch_size], device)
-        ce, _, correct, n = ae.loss(ids, lengths)
+        ids, lengths, labels = pad_batch(units, order[s:s + batch_size], device)
+        ce, _, correct, n = ae.loss(ids, lengths, labels)
         tot_loss += float(ce) * int(n); tot_correct += int(correct); tot_tokens += int(n)
     ae.train()
     return {"recon_loss": tot_loss / max(tot_tokens, 1), "token_acc": tot_correct / max(tot_tokens, 1)}
@@ -164,7 +165,8 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
     lengths = units.lengths()
     n_batches = math.ceil(len(units) / cfg.ae.batch_size)
     total = cfg.ae.epochs * n_batches
-    bar = tqdm(total=total, initial=st["step"], desc="autoencoder", disable=not progress, dynamic_ncols=True)
+    name = "language model" if cfg.model == "lm" else "autoencoder"
+    bar = tqdm(total=total, initial=st["step"], desc=name, disable=not progress, dynamic_ncols=True)
     ae.train()
     metrics: dict = {}
     t0, tokens = time.perf_counter(), 0
@@ -173,12 +175,12 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
         batches = iterate_batches(lengths, cfg.ae.batch_size, np.random.default_rng([cfg.train.seed, epoch]))
         noise_std = cfg.ae.code_noise * cfg.ae.code_noise_decay ** epoch
         for b in range(st["batch"], len(batches)):
-            ids, lens, _ = pad_batch(units, batches[b], device)
+            ids, lens, labels = pad_batch(units, batches[b], device)
             with autocast(cfg, device):
-                ce, kl, correct, n = ae.loss(ids, lens, noise_std=noise_std)
+                ce, kl, correct, n = ae.loss(ids, lens, labels, noise_std=noise_std)
             kl_w = cfg.ae.kl_weight * min(1.0, (st["step"] + 1) / max(cfg.ae.kl_anneal_steps, 1))
             loss = ce + kl_w * kl if cfg.ae.variational else ce
-            check_finite(loss.item(), "autoencoder loss", st["step"] + 1)  # before the update: weights stay good
+            check_finite(loss.item(), f"{name} loss", st["step"] + 1)  # before the update: weights stay good
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.ae.grad_clip > 0:
@@ -196,7 +198,7 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
         metrics = {"stage": "ae", "epoch": epoch + 1, "step": st["step"],
                    **{f"val_{k}": v for k, v in evaluate_autoencoder(ae, data.units["val"], device).items()}}
         run.metric(metrics)
-        run.log(f"autoencoder epoch {epoch + 1}/{cfg.ae.epochs}: val recon loss {metrics['val_recon_loss']:.3f}, "
+        run.log(f"{name} epoch {epoch + 1}/{cfg.ae.epochs}: val recon loss {metrics['val_recon_loss']:.3f}, "
                 f"token acc {metrics['val_token_acc']:.3f}")
         show_reconstructions(ae, data, device, run.log, cfg.train.n_samples)
         st["epoch"], st["batch"] = epoch + 1, 0
@@ -215,11 +217,17 @@ def show_reconstructions(ae, data: Data, device, log, n: int) -> None:
     if n <= 0 or len(units) == 0:
         return
     ae.eval()
-    ids, lengths, _ = pad_batch(units, list(range(min(n, len(units)))), device)
-    code, _ = ae.encode(ids, lengths)
-    rows, _ = ae.generate(code, data.units["val"].lengths().max() + 5)
-    for i, r in enumerate(rows):
-        log(f"  real: {data.tokenizer.decode(units.ids[i])}\n  recon: {data.tokenizer.decode(r)}")
+    max_len = int(units.lengths().max())
+    if isinstance(ae, ConditionalLM):  # the LM has nothing to reconstruct: show samples instead
+        labels = torch.arange(2 * n, device=device) % 2
+        rows, _ = ae.generate(labels, max_len, generator=torch.Generator(device=device).manual_seed(0))
+        for y, r in zip(labels.tolist(), rows):
+            log(f"  [{SENTIMENTS[y]}] {data.tokenizer.decode(r)}")
+    else:
+        ids, lengths, _ = pad_batch(units, list(range(min(n, len(units)))), device)
+        rows, _ = ae.generate(ae.encode(ids, lengths)[0], max_len)
+        for i, r in enumerate(rows):
+            log(f"  real: {data.tokenizer.decode(units.ids[i])}\n  recon: {data.tokenizer.decode(r)}")
     ae.train()
 
 
@@ -357,7 +365,7 @@ def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Co
         raise TrainingError(f"--out {out} exists and is not a directory")
     has_run = (out / "config.json").exists() or (out / ".pending").exists()
     if has_run and force:
-        for name in ("config.json", "tokenizer.json", "autoencoder.safetensors", "generator.safetensors",
+        for name in ("config.json", "tokenizer.json", "autoencoder.safetensors", "lm.safetensors", "generator.safetensors",
                      "critic.safetensors", "metrics.jsonl", "train_state", ".pending"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -399,10 +407,12 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         tokenizer = Tokenizer.from_file(out / "tokenizer.json")
     data = prepare_data(cfg, tokenizer, log)
     ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size)
-    ae.to(device); gen.to(device); critic.to(device)
-    if reuse and (out / "autoencoder.safetensors").exists():
-        load_weights(ae, out / "autoencoder.safetensors", device)
-        if (out / "generator.safetensors").exists():
+    for m in (ae, gen, critic):
+        if m is not None:
+            m.to(device)
+    if reuse and (out / stage1_file(cfg)).exists():
+        load_weights(ae, out / stage1_file(cfg), device)
+        if gen is not None and (out / "generator.safetensors").exists():
             load_weights(gen, out / "generator.safetensors", device)
             load_weights(critic, out / "critic.safetensors", device)
         if "torch" in run.rng():
@@ -411,7 +421,7 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if stage in ("ae", "all") and not run.state["ae"]["done"]:
         train_autoencoder(run, data, ae, progress)
-    if stage in ("gan", "all") and not run.state["gan"]["done"]:
+    if stage in ("gan", "all") and not run.state["gan"]["done"] and cfg.model == "gan":
         if not run.state["ae"]["done"]:
             raise TrainingError(f"{out}: train the autoencoder first (--stage ae or all)")
         train_gan(run, data, ae, gen, critic, progress)

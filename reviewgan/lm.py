@@ -1,0 +1,58 @@
+"""The honest baseline: a conditional LSTM language model (`--preset lm`).
+
+The autoencoder's decoder architecture (Embedding 100 -> LSTM 600 -> Dropout -> Linear), trained
+by plain maximum likelihood, with the sentiment as the start token: the model a practitioner
+would pick instead of a GAN. It trains with the same loop, data and budget as stage 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .autoencoder import decode_loop, decoder_io
+from .config import AEConfig
+from .tokenizer import PAD, START
+
+
+class ConditionalLM(nn.Module):
+    def __init__(self, vocab_size: int, cfg: AEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        self.sentiment = nn.Embedding(2, cfg.emb_dim)  # the two start tokens: <negative>, <positive>
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.code_dim, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.code_dim, vocab_size)
+
+    def _embed(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # tokens (B, T); a [START] in column 0 is replaced by the sentiment's own start token.
+        x = self.emb(tokens)
+        first = torch.where((tokens[:, 0] == START)[:, None], self.sentiment(labels), x[:, 0])
+        return torch.cat([first.unsqueeze(1), x[:, 1:]], dim=1)
+
+    def forward(self, tokens, labels, state=None):
+        y, state = self.lstm(self._embed(tokens, labels), state)
+        return self.out(self.drop(y)), state
+
+    def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
+        """Same interface as Autoencoder.loss: (cross-entropy, kl=0, correct tokens, tokens)."""
+        inputs, targets, mask = decoder_io(ids, lengths)
+        logits, _ = self(inputs, labels)
+        ce = F.cross_entropy(logits[mask], targets[mask])
+        correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
+        return ce, ce.new_zeros(()), correct, mask.sum()
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, max_len: int, greedy: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None):
+        """Batched decoding for the given sentiments (B,). Returns token lists (without [END]), ended flags."""
+        state = None
+
+        def step(tok):
+            nonlocal state
+            logits, state = self(tok.unsqueeze(1), labels, state)
+            return logits[:, -1]
+
+        return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator)

@@ -75,6 +75,60 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, sweep
+    from .model import ReviewGAN
+    from .report import write_report
+    if args.n < 2:
+        raise ValueError("--n must be at least 2")
+    if args.sweep:
+        result = sweep(args.model, args.sweep_models or [], n=args.n, seed=args.seed, out=args.out)
+        print(json.dumps(result) if args.json else f"sweep written to {args.out}")
+        return 0
+    greedy = True if args.greedy else (False if args.temperature is not None or args.top_p is not None else None)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = evaluate(args.model, n=args.n, seed=args.seed, greedy=greedy, temperature=args.temperature,
+                      top_p=args.top_p, real=args.real, log=log)
+    if args.out:
+        real = None if args.real else evaluate(args.model, n=args.n, seed=args.seed, real=True, log=log)
+        path = write_report(result, Path(args.out), ReviewGAN.from_pretrained(args.model), real)
+        log(f"report: {path}")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "lengths"}))
+    else:
+        for k, v in result.items():
+            if k not in ("samples", "lengths", "notes"):
+                print(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
+        for k, why in result["notes"].items():
+            print(f"note: {k}: {why}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import comparison_table
+    rows: dict[str, list] = {}
+    for item in args.results:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        try:
+            r = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a metrics.json ({e})") from None
+        rows.setdefault(name or r.get("source", path), []).append(r)
+    table = comparison_table(rows)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = run_bench(quick=args.quick, preset=args.preset, log=log)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviewgan", description="Conditional LaTextGAN for positive/negative movie reviews.")
     p.add_argument("--version", action="version", version=f"reviewgan {__version__}")
@@ -103,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="measure a model (or real reviews) with the field's metrics")
+    e.add_argument("--model", help="model directory (default: the bundled pretrained model)")
+    e.add_argument("--n", type=int, default=1000, help="reviews to generate, half per sentiment")
+    e.add_argument("--seed", type=int, default=0, help="generation seed")
+    e.add_argument("--out", help="report folder: metrics.json, report.md, plots")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    e.add_argument("--real", action="store_true", help="measure real held-out reviews instead (the target row)")
+    e.add_argument("--temperature", type=float, help="sample with this temperature instead of the default decoding")
+    e.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+    e.add_argument("--greedy", action="store_true", help="greedy decoding")
+    e.add_argument("--sweep", action="store_true", help="temperature sweep: quality-diversity curve (needs --out)")
+    e.add_argument("--sweep-models", nargs="*", help="further model directories drawn on the same sweep plot")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="comparison table from several metrics.json files")
+    r.add_argument("results", nargs="+", help="metrics.json files, optionally NAME=path (same NAME: mean ± std)")
+    r.add_argument("--out", help="write the markdown table to this file")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="speed and memory of training and generation, against straightforward baselines")
+    b.add_argument("--preset", default="default", help="config whose model sizes are measured")
+    b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
+    b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")
     _add_data_args(s)

@@ -1,0 +1,238 @@
+"""`reviewgan bench`: speed and memory of the hot paths on this machine, each against the
+straightforward implementation, measured in the same run (ratios are what to compare: absolute
+timings on shared machines are noisy).
+
+- autoencoder training: real (non-padding) tokens/s; optimised = length-bucketed batches + bf16
+  autocast + fused Adam; baseline = fp32, every batch padded to max_len, random batches, plain Adam
+- GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks)
+- generation: 1000 reviews per sentiment, batched vs one at a time
+- peak resident memory of a training step and of generation (each in a fresh process)
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import resource
+import time
+
+import numpy as np
+import torch
+
+from .autoencoder import Autoencoder
+from .config import Config, apply_overrides, load_preset
+from .data import Units, iterate_batches
+from .gan import Critic, Generator, critic_loss, generator_loss
+
+# --------------------------------------------------------------------------- helpers
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Dense matmul throughput of this machine at this precision: the ceiling for MFU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def ae_flops_per_position(cfg: Config, vocab: int) -> float:
+    """Forward+backward FLOPs per computed decoder position (x3 of forward: one forward, two backward matmuls).
+
+    Decoder LSTM (4 gates over input+hidden) and the output layer dominate; the encoder reads the same
+    positions with a smaller LSTM.
+    """
+    a = cfg.ae
+    dec_in = a.emb_dim + (a.code_dim if a.code_to_input else 0)
+    fwd = 2 * 4 * a.code_dim * (dec_in + a.code_dim) + 2 * a.code_dim * vocab
+    fwd += 2 * 4 * a.enc_hidden * (a.emb_dim + a.enc_hidden)
+    return 3.0 * fwd
+
+
+def synthetic_units(cfg: Config, n: int, seed: int = 0) -> Units:
+    """Units with the length distribution of IMDB short reviews (measured: mean ~29, sd ~8, max 40)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.normal(29, 8, n).round(), 3, cfg.data.max_len).astype(int)
+    units = Units()
+    for L in lengths:
+        units.add(rng.integers(4, cfg.data.vocab_size, L - 1).tolist() + [3], int(rng.integers(0, 2)), "")
+    return units
+
+
+def real_units(cfg: Config, n: int) -> Units | None:
+    try:
+        from .train import prepare_data
+        cfg = apply_overrides(cfg, [f"data.limit={n}"])
+        return prepare_data(cfg, log=lambda m: None).units["train"]
+    except Exception:  # no dataset installed: fall back to synthetic units of the same shape
+        return None
+
+
+# --------------------------------------------------------------------------- autoencoder
+
+
+def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) -> dict:
+    from .train import pad_batch
+    torch.manual_seed(0)
+    ae = Autoencoder(cfg.data.vocab_size, cfg.ae).train()
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-3, fused=optimised)
+    lengths = units.lengths()
+    B, T = cfg.ae.batch_size, cfg.data.max_len
+    if optimised:
+        batches = iterate_batches(lengths, B, np.random.default_rng(0))
+    else:
+        perm = np.random.default_rng(0).permutation(len(units))
+        batches = [perm[i:i + B] for i in range(0, len(perm), B)]
+    real = computed = 0
+    t0 = None
+    for step, idx in enumerate(batches[:steps + 2]):
+        ids, lens, _ = pad_batch(units, idx, torch.device("cpu"))
+        if not optimised:  # the straightforward way: every batch padded to max_len
+            ids = torch.cat([ids, ids.new_zeros(ids.size(0), T - ids.size(1))], dim=1)
+        if step == 2:
+            t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=optimised):
+            ce, _, _, n = ae.loss(ids, lens)
+        opt.zero_grad(set_to_none=True)
+        ce.backward()
+        opt.step()
+        if step >= 2:
+            real += int(n)
+            computed += ids.numel()
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": real / dt, "padding_frac": 1 - real / computed,
+            "positions_per_s": computed / dt}
+
+
+# --------------------------------------------------------------------------- GAN
+
+
+def bench_gan(cfg: Config, optimised: bool, iters: int) -> float:
+    torch.manual_seed(0)
+    g, c = Generator(cfg.gan, cfg.ae.code_dim, "l2"), Critic(cfg.gan, cfg.ae.code_dim)
+    kw = {"fused": True} if optimised else {"foreach": False}
+    og = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
+    oc = torch.optim.Adam(c.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
+    codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim), dim=-1)
+    labels = torch.randint(0, 2, (4096,))
+    B = cfg.gan.batch_size
+
+    def iteration():
+        for _ in range(cfg.gan.n_critic):
+            idx = torch.randint(0, len(codes), (B,))
+            y = torch.randint(0, 2, (B,))
+            with torch.no_grad():
+                fake = g(torch.randn(B, cfg.gan.noise_dim), y)
+            loss, _ = critic_loss(c, codes[idx], labels[idx], fake, y, cfg.gan)
+            oc.zero_grad(set_to_none=True); loss.backward(); oc.step()
+        y = torch.randint(0, 2, (B,))
+        loss, _ = generator_loss(c, g(torch.randn(B, cfg.gan.noise_dim), y), y, cfg.gan)
+        og.zero_grad(set_to_none=True); loss.backward(); og.step()
+
+    for _ in range(2):
+        iteration()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        iteration()
+    return iters / (time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def bench_generation(cfg: Config, n: int, single: int) -> dict:
+    from .model import ReviewGAN
+    from .tokenizer import Tokenizer
+    torch.manual_seed(0)
+    texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
+    tok = Tokenizer.train(texts, cfg.data.vocab_size, 1)
+    ae = Autoencoder(tok.vocab_size, cfg.ae)
+    model = ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None)
+    t0 = time.perf_counter()
+    for s in ("positive", "negative"):
+        model.generate(s, n=n, seed=0)
+    batched = (time.perf_counter() - t0) / 2  # seconds per 1000 reviews of one sentiment
+    t0 = time.perf_counter()
+    for i in range(single):
+        model.generate("positive", n=1, seed=i)
+    one = (time.perf_counter() - t0) / single * n
+    return {"gen_1000_s": batched * 1000 / n, "gen_one_at_a_time_1000_s": one * 1000 / n}
+
+
+# --------------------------------------------------------------------------- memory (fresh processes)
+
+
+def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
+    cfg = Config.from_dict(cfg_dict)
+    if kind == "train":
+        bench_autoencoder(cfg, synthetic_units(cfg, 256), True, 2)
+        bench_gan(cfg, True, 1)
+    else:
+        bench_generation(cfg, 1000, 1)
+    q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+
+
+def peak_rss_mb(kind: str, cfg: Config) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q))
+    p.start()
+    value = q.get(timeout=600)
+    p.join()
+    return float(value)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_bench(quick: bool = False, preset: str = "default", log=print) -> dict:
+    cfg = load_preset(preset)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    steps, iters, single = (4, 2, 5) if quick else (30, 10, 50)
+    result = {"device": f"cpu ({torch.get_num_threads()} threads)", "preset": preset, "quick": quick}
+    log("measuring matmul throughput...")
+    result["matmul_gflops"] = matmul_gflops(torch.bfloat16, 1024 if quick else 2048, 0.3 if quick else 1.5)
+    result["matmul_gflops_fp32"] = matmul_gflops(torch.float32, 1024 if quick else 2048, 0.3 if quick else 1.5)
+    units = None if quick else real_units(cfg, 4000)
+    result["ae_data"] = "synthetic" if units is None else "imdb"
+    units = units or synthetic_units(cfg, 4000)
+    log("autoencoder training: optimised vs baseline...")
+    opt = bench_autoencoder(cfg, units, True, steps)
+    base = bench_autoencoder(cfg, units, False, steps)
+    flops = ae_flops_per_position(cfg, cfg.data.vocab_size)
+    result.update(ae_tokens_per_s=opt["tokens_per_s"], ae_baseline_tokens_per_s=base["tokens_per_s"],
+                  ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
+                  baseline_padding_frac=base["padding_frac"],
+                  mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
+    log("GAN training: optimised vs straightforward eager...")
+    result["gan_iters_per_s"] = bench_gan(cfg, True, iters)
+    result["gan_baseline_iters_per_s"] = bench_gan(cfg, False, iters)
+    result["gan_speedup"] = result["gan_iters_per_s"] / result["gan_baseline_iters_per_s"]
+    log("generation: batched vs one at a time...")
+    gen = bench_generation(cfg, 100 if quick else 1000, single)
+    result.update(gen, gen_speedup=gen["gen_one_at_a_time_1000_s"] / gen["gen_1000_s"])
+    log("peak memory (fresh processes)...")
+    result["train_peak_rss_mb"] = peak_rss_mb("train", cfg)
+    result["gen_peak_rss_mb"] = peak_rss_mb("generate", cfg)
+    return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in result.items()}
+
+
+def format_table(r: dict) -> str:
+    rows = [
+        ("autoencoder training", f"{r['ae_tokens_per_s']:,.0f} real tokens/s", f"{r['ae_baseline_tokens_per_s']:,.0f}",
+         f"{r['ae_speedup']:.2f}x"),
+        ("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", ""),
+        ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s bf16", "", ""),
+        ("GAN training", f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
+        ("generation, 1000 reviews", f"{r['gen_1000_s']:.2f} s", f"{r['gen_one_at_a_time_1000_s']:.1f} s",
+         f"{r['gen_speedup']:.1f}x"),
+        ("peak RSS: training / generation", f"{r['train_peak_rss_mb']:,.0f} / {r['gen_peak_rss_mb']:,.0f} MB", "", ""),
+    ]
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    head = f"{'':{w[0]}}  {'optimised':{w[1]}}  {'baseline':{w[2]}}  speedup"
+    return "\n".join([f"device: {r['device']}", head] + [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows])
+

@@ -129,6 +129,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve import serve
+    except ImportError:
+        raise ValueError("serve needs the serve extra: pip install 'reviewgan[serve]'") from None
+    serve(args.model, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviewgan", description="Conditional LaTextGAN for positive/negative movie reviews.")
     p.add_argument("--version", action="version", version=f"reviewgan {__version__}")
@@ -182,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("serve", help="web page and HTTP API (pip install 'reviewgan[serve]')")
+    v.add_argument("--model", help="model directory (default: the bundled pretrained model)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    v.add_argument("--port", type=int, default=8000, help="port to listen on")
+    v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")
     _add_data_args(s)

@@ -14,13 +14,11 @@ import os
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .tokenizer import END, PAD, START
 
@@ -66,9 +64,9 @@ class _References:
                     elif c > e[2]:
                         e[2] = c
             self.tables.append(table)
-        self.length_counts = Counter(len(t) for t in token_lists)
+        self.ref_lengths = [len(t) for t in token_lists]
+        self.length_counts = Counter(self.ref_lengths)
         self.lengths = sorted(self.length_counts)
-        self.size = len(token_lists)
 
     def _max_count(self, k: int, g: tuple[str, ...], exclude: int | None) -> int:
         e = self.tables[k - 1].get(g)
@@ -76,8 +74,9 @@ class _References:
             return 0
         return e[2] if e[1] == exclude else e[0]
 
-    def _closest_length(self, hyp_len: int, exclude_len: int | None) -> int:
+    def _closest_length(self, hyp_len: int, exclude: int | None) -> int:
         # NLTK: the reference length closest to the hypothesis length, the shorter one on a tie.
+        exclude_len = None if exclude is None else self.ref_lengths[exclude]
         best = None
         for r in self.lengths:
             if r == exclude_len and self.length_counts[r] == 1:
@@ -88,8 +87,8 @@ class _References:
         assert best is not None
         return best[1]
 
-    def sentence_bleu(self, hyp: list[str], exclude: int | None = None, exclude_len: int | None = None) -> float:
-        """BLEU-n of `hyp` against every reference except index `exclude` (whose length is `exclude_len`)."""
+    def sentence_bleu(self, hyp: list[str], exclude: int | None = None) -> float:
+        """BLEU-n of `hyp` against every reference except the one at index `exclude`."""
         log_sum = 0.0
         for k in range(1, self.n + 1):
             counts = Counter(_ngrams(hyp, k))
@@ -99,7 +98,7 @@ class _References:
                 return 0.0  # NLTK returns 0 outright when not even one unigram matches
             log_sum += math.log((matched if matched else _EPSILON) / total) / self.n
         c = len(hyp)
-        r = self._closest_length(c, exclude_len)
+        r = self._closest_length(c, exclude)
         bp = 1.0 if c > r else math.exp(1 - r / c)
         return bp * math.exp(log_sum)
 
@@ -118,7 +117,7 @@ def self_bleu(texts: list[str], n: int = 4, max_samples: int | None = 500, seed:
     toks = [words(t) for t in texts]
     refs = _References(toks, n)
     idx = _pick(len(toks), max_samples, seed)
-    return float(np.mean([refs.sentence_bleu(toks[i], exclude=i, exclude_len=len(toks[i])) for i in idx]))
+    return float(np.mean([refs.sentence_bleu(toks[i], exclude=i) for i in idx]))
 
 
 def bleu(hypotheses: list[str], references: list[str], n: int = 4, max_samples: int | None = 500,
@@ -217,9 +216,10 @@ class SentenceEmbedder:
         ok, why = embedder_available()
         if not ok:
             raise RuntimeError(f"sentence embedder unavailable: {why}")
-        # Read by huggingface_hub when it is first imported: set before sentence_transformers loads it.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # The model is on disk, so never touch the network. huggingface_hub reads this when first imported:
+        # set it before sentence_transformers (and so transformers and the hub) load.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from sentence_transformers import SentenceTransformer
         self.model = SentenceTransformer(str(_embedder_dir()), device=device)
         self.batch_size = batch_size
@@ -292,11 +292,20 @@ class SentimentJudge:
 
 # ------------------------------------------------------------------------------------ LM perplexity
 
+def default_cutoffs(vocab_size: int) -> list[int]:
+    """Adaptive-softmax clusters: the most frequent 1/8 of the vocabulary, the next 3/8, the rest."""
+    if vocab_size < 8:
+        raise ValueError(f"vocab_size must be at least 8, got {vocab_size}")
+    return [vocab_size // 8, vocab_size // 2]
+
+
 class LSTMLanguageModel(nn.Module):
     """Word-level LSTM LM over the model's token ids, for forward and reverse perplexity.
 
-    The output layer is tied to the embedding through a hidden -> emb projection: the softmax over the
-    vocabulary dominates the cost, and doing it at emb_dim rather than hidden keeps training to seconds.
+    The softmax over an 8000-token vocabulary costs several times the LSTM on the CPU, so the output is
+    an adaptive softmax (Grave et al. 2017): exact, normalised log-probabilities, with rare tokens in
+    cheaper tail clusters. It wants ids ordered by frequency, so `rank` maps each token id to its place in
+    the training frequency order (train_lm fills it in; identity until then).
     """
 
     def __init__(self, vocab_size: int, emb_dim: int = 64, hidden: int = 256, layers: int = 1):
@@ -305,25 +314,35 @@ class LSTMLanguageModel(nn.Module):
         self.emb = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.lstm = nn.LSTM(emb_dim, hidden, num_layers=layers, batch_first=True)
         self.proj = nn.Linear(hidden, emb_dim)
-        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
-        # Small tied embeddings (not nn.Embedding's N(0, 1)) so an untrained model starts near uniform.
+        cutoffs = default_cutoffs(vocab_size)
+        self.out = nn.AdaptiveLogSoftmaxWithLoss(emb_dim, vocab_size, cutoffs, div_value=2.0, head_bias=True)
+        self.register_buffer("rank", torch.arange(vocab_size))
+        # Start near uniform over the whole vocabulary, not over the head's entries: each cluster's head
+        # logit begins at log(cluster size), and small input weights keep the logits themselves small.
         nn.init.uniform_(self.emb.weight, -0.1, 0.1)
+        sizes = [b - a for a, b in zip(cutoffs, cutoffs[1:] + [vocab_size])]
         with torch.no_grad():
             self.emb.weight[PAD].zero_()
+            self.out.head.bias.zero_()
+            self.out.head.bias[cutoffs[0]:] = torch.log(torch.tensor(sizes, dtype=torch.float))
+
+    def set_frequencies(self, counts: torch.Tensor) -> None:
+        """Order the output classes by these token counts (most frequent first; ties by id)."""
+        order = sorted(range(self.vocab_size), key=lambda i: (-int(counts[i]), i))
+        self.rank[torch.tensor(order)] = torch.arange(self.vocab_size)
+
+    def _states(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.lstm(self.emb(tokens))[0])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for the next token at every position."""
-        return self.logits(self.lstm(self.emb(tokens))[0])
-
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.proj(states), self.emb.weight, self.out_bias)
+        """Next-token log-probabilities (B, T, V), indexed by token id."""
+        h = self._states(tokens)
+        return self.out.log_prob(h.reshape(-1, h.size(-1)))[:, self.rank].reshape(*tokens.shape, -1)
 
     def nll(self, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Summed NLL of the non-PAD targets. Logits are made only at real positions, as (N, V) rows:
-        a (B, V, T) cross-entropy, or softmax over padding, costs several times more on the CPU."""
-        states = self.lstm(self.emb(inp))[0]
+        """Per-token NLL (N,) of the non-PAD targets, computed only at those positions."""
         mask = tgt != PAD
-        return F.cross_entropy(self.logits(states[mask]), tgt[mask], reduction="sum")
+        return -self.out(self._states(inp)[mask], self.rank[tgt[mask]]).output
 
 
 def _lm_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,26 +376,26 @@ def train_lm(token_id_lists, vocab_size: int, epochs: int = 3, *, emb_dim: int =
     seqs = _clean(token_id_lists)
     if not seqs:
         raise ValueError("train_lm needs at least one non-empty sequence")
+    counts = torch.bincount(torch.tensor([i for s in seqs for i in s]), minlength=vocab_size)
     # Sort into length buckets once so batches carry little padding; the bucket order is shuffled.
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     batches = [[seqs[i] for i in order[b:b + batch_size]] for b in range(0, len(order), batch_size)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LSTMLanguageModel(vocab_size, emb_dim, hidden, layers)
+        model.set_frequencies(counts)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
         model.train()
         for epoch in range(epochs):
             total, count = 0.0, 0
             for b in torch.randperm(len(batches), generator=gen).tolist():
-                inp, tgt = _lm_batch(batches[b])
-                n = int((tgt != PAD).sum())
-                loss = model.nll(inp, tgt)
+                losses = model.nll(*_lm_batch(batches[b]))
                 opt.zero_grad()
-                (loss / n).backward()
+                losses.mean().backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                total, count = total + loss.item(), count + n
+                total, count = total + losses.sum().item(), count + len(losses)
             if log is not None:
                 log(f"lm epoch {epoch + 1}/{epochs}: train ppl {math.exp(total / count):.2f}")
     model.eval()
@@ -394,8 +413,7 @@ def perplexity(model: LSTMLanguageModel, token_id_lists, batch_size: int = 128) 
     seqs = sorted(seqs, key=len)
     nll, count = 0.0, 0
     for b in range(0, len(seqs), batch_size):
-        inp, tgt = _lm_batch(seqs[b:b + batch_size])
-        nll += float(model.nll(inp, tgt))
-        count += int((tgt != PAD).sum())
+        losses = model.nll(*_lm_batch(seqs[b:b + batch_size])).double()  # float64 sum: no drift
+        nll, count = nll + float(losses.sum()), count + len(losses)
     model.train(was_training)
     return math.exp(nll / count)

@@ -43,3 +43,38 @@ def training_curves(run_dir: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def codes_scatter(real: np.ndarray, real_y: np.ndarray, fake: np.ndarray, fake_y: np.ndarray, path: Path) -> None:
+    """2-D PCA (fit on real codes) of real and generated codes, coloured by sentiment."""
+    mean = real.mean(0)
+    _, _, vt = np.linalg.svd(real - mean, full_matrices=False)
+    proj = lambda x: (x - mean) @ vt[:2].T  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for data, ys, marker, kind in ((real, real_y, "o", "real"), (fake, fake_y, "x", "generated")):
+        p = proj(data)
+        for y, color, name in ((0, "#cc3311", "negative"), (1, "#0077bb", "positive")):
+            m = ys == y
+            ax.scatter(p[m, 0], p[m, 1], s=10, marker=marker, c=color, alpha=0.5, label=f"{kind} {name}")
+    ax.set_xlabel("PC 1"); ax.set_ylabel("PC 2"); ax.legend(fontsize=8)
+    ax.set_title("autoencoder codes: real vs generated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def quality_diversity(curves: dict[str, list[dict]], path: Path, quality: str = "forward_ppl") -> None:
+    """Quality (lower is better) against Self-BLEU-4 (lower is more diverse), one curve per model,
+    one point per sampling temperature (Caccia et al.: compare curves, not single points)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, points in curves.items():
+        pts = [p for p in points if p.get(quality) is not None]
+        ax.plot([p["self_bleu4"] for p in pts], [p[quality] for p in pts], "o-", label=name)
+        for p in pts:
+            ax.annotate(p["label"], (p["self_bleu4"], p[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("Self-BLEU-4 (lower = more diverse)")
+    ax.set_ylabel(f"{quality} (lower = better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,211 @@
+"""`reviewgan evaluate`: the field's metrics for a model, for real reviews and for baselines, one harness.
+
+Everything is computed against the held-out *test* split of the model's own data config. The
+sentiment judge and the evaluation LM are trained on the *training* split only, independently of
+the model under test, and cached (keyed by data config + tokenizer) so every model trained on the
+same data is judged by the very same judge.
+
+Texts are compared in one form: token ids decoded by the model's tokenizer (real reviews too), so
+punctuation spacing or casing never separates real from generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import metrics as M
+from .config import Config
+from .data import SENTIMENTS, Units
+from .model import ReviewGAN
+from .tokenizer import Tokenizer
+from .train import Data, evaluate_autoencoder, pad_batch, prepare_data
+
+YARDSTICK_VERSION = "1"  # bump when the judge or the evaluation LM changes
+EVAL_LM = {"emb_dim": 64, "hidden": 256, "epochs": 2, "max_train": 40_000}  # the yardstick LM, fixed for all models
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REVIEWGAN_CACHE", Path.home() / ".cache" / "reviewgan"))
+
+
+@dataclass
+class Yardsticks:
+    """What every model is measured against: data, judge, evaluation LM, decoded real texts."""
+    data: Data
+    judge: M.SentimentJudge
+    lm: M.LSTMLanguageModel
+    train_texts: list[str]
+    test_texts: list[str]
+    test_labels: np.ndarray
+    val_texts: list[str]
+
+
+def _decoded(units: Units, tok: Tokenizer) -> list[str]:
+    return [tok.decode(ids) for ids in units.ids]
+
+
+def yardsticks(cfg: Config, tokenizer: Tokenizer, log=print) -> Yardsticks:
+    data = prepare_data(cfg, tokenizer, log=lambda m: None)
+    # Keyed by everything the yardsticks depend on, so a change to any of them trains new ones.
+    key = hashlib.sha1((YARDSTICK_VERSION + json.dumps(cfg.to_dict()["data"], sort_keys=True) + json.dumps(EVAL_LM)
+                        + tokenizer.to_str()).encode()).hexdigest()[:16]
+    cache = cache_root() / f"eval-{key}"
+    cache.mkdir(parents=True, exist_ok=True)
+    train_texts = _decoded(data.units["train"], tokenizer)
+    judge_path = cache / "judge.json"
+    if judge_path.exists():
+        judge = M.SentimentJudge.load(judge_path)
+    else:
+        log("training the sentiment judge (TF-IDF + logistic regression) on the training split...")
+        judge = M.SentimentJudge().fit(train_texts, data.units["train"].labels)
+        judge.save(judge_path)
+    lm_path = cache / "eval_lm.safetensors"
+    lm = M.LSTMLanguageModel(tokenizer.vocab_size, EVAL_LM["emb_dim"], EVAL_LM["hidden"])
+    if lm_path.exists():
+        lm.load_state_dict(load_file(str(lm_path)))
+        lm.eval()
+    else:
+        log("training the evaluation LM on the training split (forward perplexity yardstick)...")
+        ids = data.units["train"].ids
+        step = max(1, len(ids) // EVAL_LM["max_train"])
+        lm = M.train_lm(ids[::step], tokenizer.vocab_size, EVAL_LM["epochs"], emb_dim=EVAL_LM["emb_dim"],
+                        hidden=EVAL_LM["hidden"])
+        tmp = lm_path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp))
+        os.replace(tmp, lm_path)
+    return Yardsticks(data, judge, lm, train_texts, _decoded(data.units["test"], tokenizer),
+                      np.array(data.units["test"].labels), _decoded(data.units["val"], tokenizer))
+
+
+def text_metrics(texts: list[str], ids: list[list[int]], ended: list[bool], labels: np.ndarray, ys: Yardsticks,
+                 vocab_size: int, embedder=None, notes: dict | None = None) -> dict:
+    """Every metric of one set of reviews (generated or real), each with the requested/true sentiment."""
+    notes = {} if notes is None else notes
+    pred = ys.judge.predict(texts)
+    out = {f"sentiment_acc_{s}": float((pred[labels == i] == i).mean()) if (labels == i).any() else None
+           for i, s in enumerate(SENTIMENTS)}
+    out["sentiment_acc"] = float((pred == labels).mean())
+    out.update(self_bleu4=M.self_bleu(texts, 4, max_samples=500), distinct1=M.distinct_n(texts, 1),
+               distinct2=M.distinct_n(texts, 2), distinct3=M.distinct_n(texts, 3), unique_frac=M.unique_frac(texts),
+               test_bleu4=M.bleu(texts, ys.test_texts, 4, max_samples=500),
+               end_frac=float(np.mean(ended)), mean_tokens=float(np.mean([len(x) for x in ids])),
+               rep4_frac=M.rep_ngram_frac(texts, 4), copy_frac=M.copy_frac(texts, ys.train_texts))
+    with_end = [x + [3] for x in ids if x]
+    out["forward_ppl"] = M.perplexity(ys.lm, with_end) if with_end else None
+    try:  # reverse perplexity: an LM trained on these reviews, scored on real test reviews
+        rev = M.train_lm(with_end, vocab_size, epochs=EVAL_LM["epochs"] * 3, emb_dim=EVAL_LM["emb_dim"],
+                         hidden=EVAL_LM["hidden"])
+        out["reverse_ppl"] = M.perplexity(rev, ys.data.units["test"].ids)
+    except ValueError as e:
+        out["reverse_ppl"] = None
+        notes["reverse_ppl"] = str(e)
+    out["fed"] = out["fed_real_floor"] = None
+    if embedder is None:
+        notes["fed"] = M.embedder_available()[1] or "embedder not loaded"
+    else:
+        rng = np.random.default_rng(0)
+        n = min(len(texts), len(ys.test_texts), len(ys.val_texts))
+        test = [ys.test_texts[i] for i in rng.choice(len(ys.test_texts), n, replace=False)]
+        val = [ys.val_texts[i] for i in rng.choice(len(ys.val_texts), n, replace=False)]
+        e_test = embedder.encode(test)
+        out["fed"] = M.frechet_distance(embedder.encode(texts[:n]), e_test)
+        out["fed_real_floor"] = M.frechet_distance(embedder.encode(val), e_test)
+    return out
+
+
+def load_embedder(notes: dict):
+    ok, why = M.embedder_available()
+    if not ok:
+        notes["fed"] = f"skipped: {why}"
+        return None
+    return M.SentenceEmbedder()
+
+
+def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=None, temperature=None, top_p=None,
+             real: bool = False, log=print, embedder="auto") -> dict:
+    """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead."""
+    t0 = time.perf_counter()
+    model = ReviewGAN.from_pretrained(model_dir)
+    ys = yardsticks(model.cfg, model.tokenizer, log)
+    notes: dict = {}
+    emb = load_embedder(notes) if embedder == "auto" else embedder
+    half = n // 2
+    if real:  # real held-out reviews from the validation split, measured against the test split like a model
+        rng = np.random.default_rng(seed)
+        units = ys.data.units["val"]
+        lab = np.array(units.labels)
+        idx = np.concatenate([rng.choice(np.flatnonzero(lab == y), min(half, int(np.sum(lab == y))), replace=False)
+                              for y in (1, 0)])
+        texts = [ys.val_texts[i] for i in idx]
+        ids = [units.ids[i][:-1] for i in idx]
+        ended, labels = [True] * len(idx), lab[idx]
+        source = "real reviews (validation split)"
+    else:
+        recs = []
+        for k, s in enumerate(("positive", "negative")):
+            recs += model.generate(s, n=half, seed=seed + k, greedy=greedy, temperature=temperature, top_p=top_p,
+                                   records=True)
+        texts = [r.text for r in recs]
+        ids = [model.tokenizer.encode(t) for t in texts]
+        ended = [r.ended for r in recs]
+        labels = np.array([SENTIMENTS.index(r.sentiment) for r in recs])
+        source = f"{model.cfg.preset} ({model.cfg.model})"
+    result = {"model": str(model.path), "source": source, "n": len(texts), "seed": seed,
+              "judge_acc_real": ys.judge.accuracy(ys.test_texts, ys.test_labels),
+              "real_mean_tokens": float(np.mean([len(x) - 1 for x in ys.data.units["test"].ids]))}
+    result.update(text_metrics(texts, ids, ended, labels, ys, model.tokenizer.vocab_size, emb, notes))
+    result["recon_token_acc"] = result["recon_bleu4"] = None
+    if not model.is_lm and not real:
+        test = ys.data.units["test"]
+        result["recon_token_acc"] = evaluate_autoencoder(model.autoencoder, test, model.device)["token_acc"]
+        k = min(500, len(test))  # greedy reconstructions, each scored against its own original
+        with torch.no_grad():
+            ids_, lengths, _ = pad_batch(test, list(range(k)), model.device)
+            rows, _ = model.autoencoder.generate(model.autoencoder.encode(ids_, lengths)[0], model.cfg.data.max_len)
+        recon = [model.tokenizer.decode(r) for r in rows]
+        result["recon_bleu4"] = float(np.mean([M.bleu([h], [r], 4) for h, r in zip(recon, ys.test_texts[:k])]))
+    else:
+        notes["recon_token_acc"] = "no autoencoder" if model.is_lm else "real data"
+    result["lengths"] = {"generated": [len(x) for x in ids],
+                         "real": [len(x) - 1 for x in ys.data.units["test"].ids]}
+    result["samples"] = {s: [t for t, y in zip(texts, labels) if y == i][:5] for i, s in enumerate(SENTIMENTS)}
+    result["notes"] = notes
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+TEMPERATURES = (0.5, 0.7, 0.9, 1.0, 1.2)
+
+
+def sweep(model_dir, others: list, n: int = 1000, seed: int = 0, out=None, log=print) -> dict:
+    """Evaluate each model at several sampling temperatures (and its default decoding) and draw the
+    quality-diversity curves, so no model wins by the choice of one temperature (Caccia et al.)."""
+    from .plots import quality_diversity
+    if out is None:
+        raise ValueError("--sweep needs --out")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {}
+    for path in [model_dir, *others]:
+        name = ReviewGAN.from_pretrained(path).cfg.preset
+        points = []
+        for t in TEMPERATURES:
+            r = evaluate(path, n=n, seed=seed, greedy=False, temperature=t, log=log)
+            points.append({"label": f"T={t}", "temperature": t, **{k: r[k] for k in ("self_bleu4", "forward_ppl",
+                                                                                   "fed", "distinct2", "sentiment_acc")}})
+            log(f"{name} T={t}: Self-BLEU-4 {r['self_bleu4']:.3f}, forward PPL {r['forward_ppl']:.1f}")
+        curves[f"{name} ({path})"] = points
+    quality_diversity(curves, out / "quality_diversity.png", "forward_ppl")
+    if all(p["fed"] is not None for pts in curves.values() for p in pts):
+        quality_diversity(curves, out / "quality_diversity_fed.png", "fed")
+    (out / "sweep.json").write_text(json.dumps(curves, indent=2))
+    return curves

@@ -1,0 +1,91 @@
+"""Evaluation reports: metrics.json, report.md, plots, comparison tables and temperature sweeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import plots
+
+# Rows of the comparison table: (key, label, format). Keys follow `reviewgan evaluate --json`.
+COLUMNS = [
+    ("sentiment_acc_positive", "sent. acc +", "{:.3f}"), ("sentiment_acc_negative", "sent. acc -", "{:.3f}"),
+    ("self_bleu4", "Self-BLEU-4 ↓", "{:.3f}"), ("distinct2", "distinct-2", "{:.3f}"),
+    ("unique_frac", "unique", "{:.3f}"), ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"),
+    ("end_frac", "ends", "{:.3f}"), ("copy_frac", "copied ↓", "{:.3f}"), ("test_bleu4", "test-BLEU-4", "{:.3f}"),
+    ("forward_ppl", "fwd PPL ↓", "{:.1f}"), ("reverse_ppl", "rev PPL ↓", "{:.1f}"), ("fed", "FED ↓", "{:.3f}"),
+    ("mean_tokens", "tokens", "{:.1f}"),
+]
+
+
+def _fmt(values, fmt: str) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return fmt.format(vals[0])
+    return f"{fmt.format(float(np.mean(vals)))} ± {fmt.format(float(np.std(vals)))}"
+
+
+def comparison_table(rows: dict[str, list[dict]]) -> str:
+    """Markdown table, one row per name; several results under one name give mean ± std."""
+    head = "| | " + " | ".join(label for _, label, _ in COLUMNS) + " | runs |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for name, results in rows.items():
+        cells = [_fmt([r.get(k) for r in results], f) for k, _, f in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(results)} |")
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out: Path, model=None, real: dict | None = None) -> Path:
+    """metrics.json, report.md and the plots for one evaluated model, into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    figures = []
+    if model is not None and model.path is not None and (Path(model.path) / "metrics.jsonl").exists():
+        plots.training_curves(model.path, out / "training_curves.png")
+        figures.append(("Training curves", "training_curves.png"))
+    if model is not None and result.get("lengths"):
+        plots.length_histogram({"real test reviews": np.array(result["lengths"]["real"]),
+                                "generated": np.array(result["lengths"]["generated"])}, out / "lengths.png")
+        figures.append(("Length of real vs generated reviews", "lengths.png"))
+    if model is not None and model.generator is not None:
+        codes_plot(model, out / "codes.png")
+        figures.append(("Real vs generated codes (PCA), by sentiment (paper Figure 8)", "codes.png"))
+    rows = {"real reviews": [real]} if real else {}
+    rows[result.get("source", "model")] = [result]
+    md = [f"# Evaluation of `{result.get('model')}`", "",
+          f"{result['n']} reviews (half per requested sentiment), seed {result['seed']}; metrics on the held-out "
+          f"test split. Judge accuracy on real held-out reviews: {result['judge_acc_real']:.3f}.", "",
+          comparison_table(rows), ""]
+    if result.get("recon_token_acc") is not None:
+        md += [f"Autoencoder on held-out reviews: token accuracy {result['recon_token_acc']:.3f}, "
+               f"reconstruction BLEU-4 {result['recon_bleu4']:.3f}.", ""]
+    for key, why in result.get("notes", {}).items():
+        md.append(f"- `{key}`: {why}")
+    md += ["", "## Samples", ""]
+    for s, texts in result.get("samples", {}).items():
+        md += [f"**{s}**", ""] + [f"- {t}" for t in texts] + [""]
+    for title, name in figures:
+        md += [f"## {title}", "", f"![{title}]({name})", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return out / "report.md"
+
+
+@torch.no_grad()
+def codes_plot(model, path: Path, n: int = 600) -> None:
+    """PCA of real test codes and generated codes, coloured by sentiment (the paper's Figure 8)."""
+    from .evaluate import yardsticks
+    from .train import encode_units
+    ys = yardsticks(model.cfg, model.tokenizer, log=lambda m: None)
+    units = ys.data.units["test"]
+    real = encode_units(model.autoencoder, units, model.device)[:n].float().cpu().numpy()
+    real_y = np.array(units.labels[:n])
+    g = torch.Generator(device=model.device).manual_seed(0)
+    fake_y = torch.arange(n, device=model.device) % 2
+    fake = model.generator(torch.randn(n, model.cfg.gan.noise_dim, generator=g, device=model.device), fake_y)
+    plots.codes_scatter(real, real_y, fake.float().cpu().numpy(), fake_y.cpu().numpy(), path)

@@ -1,0 +1,64 @@
+"""HTTP API: happy path, determinism under a seed, concurrency, and every kind of bad input gets a 4xx JSON."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from reviewgan import ReviewGAN  # noqa: E402
+from reviewgan.serve import MAX_BODY, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir):
+    return TestClient(create_app(ReviewGAN.from_pretrained(tiny_model_dir)))
+
+
+def test_page_health_and_schema(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<form" in page.text and "/api/generate" in page.text
+    assert client.get("/api/health").json()["status"] == "ok"
+    schema = client.get("/openapi.json").json()
+    assert "/api/generate" in schema["paths"]
+
+
+def test_generate_and_seed(client):
+    body = {"sentiment": "negative", "n": 4, "temperature": 0.9, "top_p": 0.95, "seed": 7}
+    a = client.post("/api/generate", json=body)
+    assert a.status_code == 200
+    reviews = a.json()["reviews"]
+    assert len(reviews) == 4 and all(r["sentiment"] == "negative" for r in reviews)
+    assert all(set(r) == {"sentiment", "text", "tokens", "ended"} for r in reviews)
+    assert client.post("/api/generate", json=body).json() == a.json()
+    assert client.post("/api/generate", json={"sentiment": "positive"}).status_code == 200
+
+
+def test_concurrent_requests_do_not_mix(client):
+    bodies = [{"sentiment": s, "n": 3, "seed": i, "temperature": 1.0} for i in range(8) for s in ("positive", "negative")]
+    expected = [client.post("/api/generate", json=b).json() for b in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda b: client.post("/api/generate", json=b).json(), bodies))
+    assert got == expected
+
+
+@pytest.mark.parametrize("body", [
+    {"sentiment": "neutral"}, {"sentiment": "positive", "n": 0}, {"sentiment": "positive", "n": 51},
+    {"sentiment": "positive", "temperature": 0}, {"sentiment": "positive", "temperature": -1},
+    {"sentiment": "positive", "n": "3"}, {"sentiment": "positive", "top_p": 1.5}, {}, {"n": 2},
+    {"sentiment": "positive", "bogus": 1}, [1, 2], "positive",
+])
+def test_bad_json_gets_4xx(client, body):
+    r = client.post("/api/generate", json=body)
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+def test_non_json_and_oversized_bodies(client):
+    r = client.post("/api/generate", content=b"not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    big = json.dumps({"sentiment": "positive", "pad": "x" * (MAX_BODY + 10)})
+    r = client.post("/api/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "error" in r.json()
+    assert client.get("/api/health").status_code == 200  # and the server is still fine

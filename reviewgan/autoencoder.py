@@ -30,16 +30,17 @@ class Encoder(nn.Module):
     def __init__(self, vocab_size: int, cfg: AEConfig):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
-        self.lstm = nn.LSTM(cfg.emb_dim, cfg.enc_hidden, batch_first=True)
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.enc_hidden, batch_first=True, bidirectional=cfg.enc_bidirectional)
         # VAE: the dense layer emits mean and log-variance side by side.
         out = cfg.code_dim * (2 if cfg.variational else 1)
-        self.fc = nn.Linear(2 * cfg.enc_hidden, out)
+        self.fc = nn.Linear(2 * cfg.enc_hidden * (2 if cfg.enc_bidirectional else 1), out)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: (B, T) padded; lengths: (B,) true lengths. Packing gives the state at each row's own end.
         packed = pack_padded_sequence(self.emb(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, c) = self.lstm(packed)  # h, c: (1, B, H)
-        return self.fc(torch.cat([h[-1], c[-1]], dim=-1))  # (B, code_dim[*2])
+        _, (h, c) = self.lstm(packed)  # h, c: (directions, B, H)
+        # Final output and final cell state of each direction (paper 5.1: the dense layer reads both).
+        return self.fc(torch.cat([*h, *c], dim=-1))  # (B, code_dim[*2])
 
 
 class Decoder(nn.Module):

@@ -35,6 +35,7 @@ class DataConfig:
 class AEConfig:
     emb_dim: int = 100  # paper 5.1
     enc_hidden: int = 100  # paper 5.1 (s.b.a.)
+    enc_bidirectional: bool = False  # read the review both ways: the code then holds its start as well as its end
     code_dim: int = 600  # = decoder LSTM size, paper 5.1 (s.b.a.)
     dropout: float = 0.5  # decoder output dropout, paper 5.1 (s.b.a.)
     code_activation: str = "sigmoid"  # sigmoid (paper) | tanh | l2 (unit sphere, ARAE) | none

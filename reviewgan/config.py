@@ -110,6 +110,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        if not isinstance(d, dict):
+            raise ConfigError("a config must be a JSON/TOML table")
         cfg = cls()
         for section, values in d.items():
             if section in ("preset", "model"):

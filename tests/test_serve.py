@@ -62,3 +62,9 @@ def test_non_json_and_oversized_bodies(client):
     r = client.post("/api/generate", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "error" in r.json()
     assert client.get("/api/health").status_code == 200  # and the server is still fine
+
+
+def test_bounded_load_script_on_loopback(tiny_model_dir):
+    from reviewgan.loadtest import run
+    r = run(tiny_model_dir, requests=40, concurrency=8, n=2)
+    assert r["errors"] == 0 and r["requests"] == 40 and 0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"]

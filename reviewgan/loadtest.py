@@ -1,0 +1,86 @@
+"""A bounded load test of `reviewgan serve` on loopback only.
+
+    python -m reviewgan.loadtest --model DIR [--requests 500] [--concurrency 16] [--n 5]
+
+Starts the server in this process on 127.0.0.1 (a free port), sends a fixed number of
+`POST /api/generate` requests with a fixed concurrency, prints throughput, latency percentiles
+and the error count, and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import uvicorn
+
+from .model import ReviewGAN
+from .serve import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list[float], int]:
+    latencies, errors = [], 0
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def one(i: int):
+            nonlocal errors
+            body = {"sentiment": ("positive", "negative")[i % 2], "n": n, "seed": i}
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, json=body)
+                    ok = r.status_code == 200 and len(r.json()["reviews"]) == n
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+        await asyncio.gather(*(one(i) for i in range(requests)))
+    return latencies, errors
+
+
+def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5) -> dict:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ReviewGAN.from_pretrained(model_dir)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        t0 = time.perf_counter()
+        lat, errors = asyncio.run(_load(f"http://127.0.0.1:{port}/api/generate", requests, concurrency, n))
+        wall = time.perf_counter() - t0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
+            "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: the bundled model)")
+    p.add_argument("--requests", type=int, default=500, help="total requests (bounded)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    p.add_argument("--n", type=int, default=5, help="reviews per request")
+    args = p.parse_args()
+    if not (1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
+        p.error("requests must be in 1..100000 and concurrency in 1..256")
+    print(json.dumps(run(args.model, args.requests, args.concurrency, args.n), indent=2))
+
+
+if __name__ == "__main__":
+    main()

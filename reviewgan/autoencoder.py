@@ -48,13 +48,21 @@ class Decoder(nn.Module):
         super().__init__()
         self.code_to_input = cfg.code_to_input
         self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        # Optional: the sentiment as the decoder's start token, so the requested sentiment reaches the
+        # text even where the code carries it weakly.
+        self.sentiment = nn.Embedding(2, cfg.emb_dim) if cfg.label_to_decoder else None
         in_dim = cfg.emb_dim + (cfg.code_dim if cfg.code_to_input else 0)
         self.lstm = nn.LSTM(in_dim, cfg.code_dim, batch_first=True)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.code_dim, vocab_size)
 
-    def _inputs(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
         x = self.emb(tokens)  # (B, T, E)
+        if self.sentiment is not None:
+            if labels is None:
+                raise ValueError("this decoder is conditioned on the sentiment: pass labels")
+            first = torch.where((tokens[:, 0] == START)[:, None], self.sentiment(labels), x[:, 0])
+            x = torch.cat([first.unsqueeze(1), x[:, 1:]], dim=1)
         if self.code_to_input:
             x = torch.cat([x, code.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return x
@@ -64,13 +72,13 @@ class Decoder(nn.Module):
         h0 = code.unsqueeze(0).contiguous()  # (1, B, C)
         return h0, torch.zeros_like(h0)
 
-    def forward(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        y, _ = self.lstm(self._inputs(tokens, code), self.initial_state(code))  # (B, T, C)
+    def forward(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
+        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))  # (B, T, C)
         return self.out(self.drop(y))  # (B, T, V)
 
-    def step(self, tokens: torch.Tensor, code: torch.Tensor, state):
+    def step(self, tokens: torch.Tensor, code: torch.Tensor, state, labels=None):
         """One decoding step for a batch: tokens (B,) -> logits (B, V), new state."""
-        y, state = self.lstm(self._inputs(tokens.unsqueeze(1), code), state)
+        y, state = self.lstm(self._inputs(tokens.unsqueeze(1), code, labels), state)
         return self.out(y[:, 0]), state
 
 
@@ -116,20 +124,20 @@ class Autoencoder(nn.Module):
         """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
         code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
         inputs, targets, mask = decoder_io(ids, lengths)
-        logits = self.decoder(inputs, code)  # (B, T, V)
+        logits = self.decoder(inputs, code, labels)  # (B, T, V)
         ce = F.cross_entropy(logits[mask], targets[mask])
         correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
         return ce, kl, correct, mask.sum()
 
     @torch.no_grad()
     def generate(self, code: torch.Tensor, max_len: int, greedy: bool = True, temperature: float = 1.0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None):
-        """Batched decoding from codes (B, C). Returns token lists (without [END]) and ended flags."""
+                 top_p: float = 1.0, generator: torch.Generator | None = None, labels=None):
+        """Batched decoding from codes (B, C) [and sentiments (B,)]. Returns token lists (without [END]), ended flags."""
         state = self.decoder.initial_state(code)
 
         def step(tok):
             nonlocal state
-            logits, state = self.decoder.step(tok, code, state)
+            logits, state = self.decoder.step(tok, code, state, labels)
             return logits
 
         return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator)

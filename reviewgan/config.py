@@ -45,6 +45,7 @@ class AEConfig:
     code_noise: float = 0.0  # std of Gaussian noise added to codes while training (ARAE)
     code_noise_decay: float = 0.5  # noise std is multiplied by this after every epoch
     code_to_input: bool = False  # also feed the code to the decoder at every step
+    label_to_decoder: bool = False  # the decoder starts from a sentiment token instead of [START]
     epochs: int = 5  # paper 5.3
     batch_size: int = 64
     lr: float = 1e-3  # Adam, paper 5.3 (s.b.a.)

@@ -169,8 +169,9 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         result["recon_token_acc"] = evaluate_autoencoder(model.autoencoder, test, model.device)["token_acc"]
         k = min(500, len(test))  # greedy reconstructions, each scored against its own original
         with torch.no_grad():
-            ids_, lengths, _ = pad_batch(test, list(range(k)), model.device)
-            rows, _ = model.autoencoder.generate(model.autoencoder.encode(ids_, lengths)[0], model.cfg.data.max_len)
+            ids_, lengths, labels_ = pad_batch(test, list(range(k)), model.device)
+            rows, _ = model.autoencoder.generate(model.autoencoder.encode(ids_, lengths)[0], model.cfg.data.max_len,
+                                                 labels=labels_)
         recon = [model.tokenizer.decode(r) for r in rows]
         result["recon_bleu4"] = float(np.mean([M.bleu([h], [r], 4) for h, r in zip(recon, ys.test_texts[:k])]))
     else:

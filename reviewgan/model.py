@@ -154,11 +154,12 @@ class ReviewGAN:
             z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
             with torch.no_grad():
                 codes = self.generator(z, labels)
-            out += self._decode(codes, greedy, temperature, top_p, max_len, g, SENTIMENTS[label])
+            out += self._decode(codes, greedy, temperature, top_p, max_len, g, labels)
         return out if records else [r.text for r in out]
 
-    def _decode(self, codes, greedy, temperature, top_p, max_len, g, sentiment=""):
-        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g)
+    def _decode(self, codes, greedy, temperature, top_p, max_len, g, labels=None):
+        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g, labels)
+        sentiment = "" if labels is None else SENTIMENTS[int(labels[0])]
         return self._reviews(rows, ended, sentiment)
 
     def _reviews(self, rows, ended, sentiment):
@@ -185,8 +186,15 @@ class ReviewGAN:
         return code
 
     def decode(self, codes: torch.Tensor, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
-               max_len: int | None = None, seed: int = 0) -> list[str]:
+               max_len: int | None = None, seed: int = 0, sentiment=None) -> list[str]:
+        """Codes -> texts. A model whose decoder is conditioned on the sentiment (ae.label_to_decoder) needs it."""
         g = torch.Generator(device=self.device)
         g.manual_seed(seed)
         max_len = max_len or self.cfg.data.max_len
-        return [r.text for r in self._decode(codes.to(self.device), greedy, temperature, top_p, max_len, g)]
+        labels = None
+        if sentiment is not None:
+            labels = torch.full((codes.size(0),), parse_sentiment(sentiment), dtype=torch.long, device=self.device)
+        elif self.cfg.ae.label_to_decoder:
+            raise ValueError("this model's decoder is conditioned on the sentiment: pass sentiment=")
+        rows, ended = self.autoencoder.generate(codes.to(self.device), max_len, greedy, temperature, top_p, g, labels)
+        return [r.text for r in self._reviews(rows, ended, sentiment or "")]

@@ -224,8 +224,8 @@ def show_reconstructions(ae, data: Data, device, log, n: int) -> None:
         for y, r in zip(labels.tolist(), rows):
             log(f"  [{SENTIMENTS[y]}] {data.tokenizer.decode(r)}")
     else:
-        ids, lengths, _ = pad_batch(units, list(range(min(n, len(units)))), device)
-        rows, _ = ae.generate(ae.encode(ids, lengths)[0], max_len)
+        ids, lengths, labels = pad_batch(units, list(range(min(n, len(units)))), device)
+        rows, _ = ae.generate(ae.encode(ids, lengths)[0], max_len, labels=labels)
         for i, r in enumerate(rows):
             log(f"  real: {data.tokenizer.decode(units.ids[i])}\n  recon: {data.tokenizer.decode(r)}")
     ae.train()
@@ -342,7 +342,7 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
                     f"fake {metrics['critic_acc_fake']:.3f}, val W-distance {metrics['val_wdist']:.3f}")
             gen.eval()
             with torch.no_grad():
-                rows, _ = ae.generate(gen(fixed_z, fixed_y), cfg.data.max_len)
+                rows, _ = ae.generate(gen(fixed_z, fixed_y), cfg.data.max_len, labels=fixed_y)
             gen.train()
             for y_, r in zip(fixed_y.tolist(), rows):
                 run.log(f"  [{SENTIMENTS[y_]}] {data.tokenizer.decode(r)}")

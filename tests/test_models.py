@@ -135,3 +135,17 @@ def test_generation_stops_at_end_and_is_batched():
         ae.decoder.out.bias[END] = -5; ae.decoder.out.bias[7] = 5
     rows, ended = ae.generate(torch.randn(3, 16), max_len=6)
     assert rows == [[7] * 6] * 3 and ended == [False] * 3
+
+
+def test_decoder_can_be_conditioned_on_the_sentiment():
+    torch.manual_seed(0)
+    cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, label_to_decoder=True)
+    ae = Autoencoder(30, cfg).eval()
+    ids, lengths = batch([[5, 6, END], [7, END]])
+    pos = ae.loss(ids, lengths, torch.tensor([1, 1]))[0]
+    neg = ae.loss(ids, lengths, torch.tensor([0, 0]))[0]
+    assert not torch.allclose(pos, neg)
+    code = torch.randn(2, 16)
+    a = ae.generate(code, 8, labels=torch.tensor([0, 0]))
+    b = ae.generate(code, 8, labels=torch.tensor([1, 1]))
+    assert a != b

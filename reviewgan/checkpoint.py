@@ -147,6 +147,29 @@ def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
         return f.metadata() or {}
 
 
+def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False) -> list[Path]:
+    """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training state."""
+    src, dst = Path(src), Path(dst)
+    meta = read_model_config(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    w = CheckpointWriter(dst)
+    w.text("tokenizer.json", (src / "tokenizer.json").read_text())
+    weights = ["lm.safetensors"] if meta["config"].get("model") == "lm" else ["autoencoder.safetensors"]
+    if "gan" in meta.get("stages", []):
+        weights += ["generator.safetensors"] + (["critic.safetensors"] if keep_critic else [])
+    for name in weights:
+        try:
+            tensors = load_file(str(src / name))
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{src / name}: cannot read ({e})") from None
+        if half:
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        w.tensors(name, tensors, {"released_from": str(src.name), "dtype": "float16" if half else "float32"})
+    w.json("config.json", {**meta, "released": True})
+    w.commit()
+    return [dst / n for n in ["config.json", "tokenizer.json", *weights]]
+
+
 # --------------------------------------------------------------------------- optimiser state, no pickle
 
 

@@ -138,6 +138,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import export_model
+    files = export_model(Path(args.model), Path(args.out), half=not args.fp32, keep_critic=args.keep_critic)
+    total = sum(f.stat().st_size for f in files)
+    print(f"exported {len(files)} files, {total / 2**20:.1f} MiB, to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviewgan", description="Conditional LaTextGAN for positive/negative movie reviews.")
     p.add_argument("--version", action="version", version=f"reviewgan {__version__}")
@@ -197,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=int, default=8000, help="port to listen on")
     v.set_defaults(func=cmd_serve)
+
+    x = sub.add_parser("export", help="release copy of a model: fp16 weights, config, tokenizer, no training state")
+    x.add_argument("--model", required=True, help="trained model directory")
+    x.add_argument("--out", required=True, help="where to write the release copy")
+    x.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    x.add_argument("--keep-critic", action="store_true", help="also ship the critic (not needed to generate)")
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")
     _add_data_args(s)

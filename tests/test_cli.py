@@ -111,3 +111,19 @@ def test_train_command_end_to_end(capsys, tmp_path):
     code, _, _ = run(capsys, "train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--quiet",
                      "--set", "gan.steps=12", "--force")
     assert code == 0 and json.loads((out / "config.json").read_text())["config"]["gan"]["steps"] == 12
+
+
+def test_export_fp16_release(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "release"
+    code, stdout, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--out", str(out))
+    assert code == 0 and "exported" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["autoencoder.safetensors", "config.json", "generator.safetensors",
+                                                     "tokenizer.json"]
+    from safetensors.torch import load_file
+
+    from reviewgan import ReviewGAN
+    import torch
+    assert all(t.dtype == torch.float16 for t in load_file(str(out / "generator.safetensors")).values())
+    full, half = ReviewGAN.from_pretrained(tiny_model_dir), ReviewGAN.from_pretrained(out)
+    assert half.critic is None and len(half.generate("positive", n=3, seed=0)) == 3
+    assert full.generate("positive", n=3, seed=0) == half.generate("positive", n=3, seed=0)  # fp16 rounding is harmless here

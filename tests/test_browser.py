@@ -1,0 +1,58 @@
+"""The web page in a real headless Chromium: pick a sentiment, click Generate, see reviews of it."""
+
+import shutil
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium installed (Debian: apt-get install chromium)", allow_module_level=True)
+
+import uvicorn  # noqa: E402
+
+from reviewgan import ReviewGAN  # noqa: E402
+from reviewgan.loadtest import free_port  # noqa: E402
+from reviewgan.serve import create_app  # noqa: E402
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(ReviewGAN.from_pretrained(tiny_model_dir)), host="127.0.0.1",
+                                       port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_generate_in_the_browser(server, tmp_path):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
+        page.goto(server)
+        page.click("label.neg")
+        page.fill("#n", "4")
+        page.click("#generate")
+        page.wait_for_selector("#reviews li", timeout=30_000)
+        items = page.query_selector_all("#reviews li")
+        assert len(items) == 4
+        assert all(li.get_attribute("class") == "negative" for li in items)
+        assert all(li.inner_text().strip() for li in items)
+        assert "negative review" in page.inner_text("#status")
+        first = [li.inner_text() for li in items]
+        page.click("#generate")  # regenerate: new reviews (no seed is sent)
+        page.wait_for_function("document.querySelector('#status').textContent.includes('again')")
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    assert first

@@ -83,3 +83,12 @@ def test_hostile_model_directories(tiny_model_dir, tmp_path):
     (d / "config.json").write_text("[1, 2, 3]")
     with pytest.raises(ModelError):
         ReviewGAN.from_pretrained(d)
+
+
+def test_diverging_gan_is_reported(corpus_csv, tmp_path):
+    """A critic without a working Lipschitz constraint and a huge step size blows up: stop, say so."""
+    cfg = tiny_config(corpus_csv, "gan.lipschitz=clip", "gan.clip_value=1e9", "gan.optimizer=rmsprop", "gan.lr=10",
+                      "gan.steps=200", "train.log_every=1")
+    with pytest.raises(TrainingError, match=r"diverged at GAN step \d+|became (nan|inf) at step \d+"):
+        train(cfg, tmp_path / "diverge", **QUIET)
+    ReviewGAN.from_pretrained(tmp_path / "diverge")  # the last good checkpoint is still there

@@ -87,9 +87,11 @@ def sentiment_loss(logit: torch.Tensor, labels: torch.Tensor, kind: str) -> torc
     return F.binary_cross_entropy_with_logits(logit, labels.float())
 
 
-def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al.): (||grad_x D(x_hat)||_2 - 1)^2 per sample, on random interpolates."""
-    eps = torch.rand(real.size(0), 1, device=real.device, dtype=real.dtype)
+    if eps is None:
+        eps = torch.rand(real.size(0), 1, device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     score, _ = critic(x_hat, labels)
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
@@ -103,7 +105,7 @@ def clip_weights_(critic: nn.Module, c: float) -> None:
         p.clamp_(-c, c)
 
 
-def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANConfig):
+def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANConfig, eps=None):
     """Wasserstein critic loss + sentiment loss (+ gradient penalty). Returns (loss, parts dict)."""
     s_real, logit_real = critic(real, real_labels)
     s_fake, logit_fake = critic(fake, fake_labels)
@@ -115,7 +117,7 @@ def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANCo
     gp = torch.zeros((), device=real.device)
     if cfg.lipschitz == "gp":
         # Interpolates carry the real labels; for an unconditioned critic labels are ignored.
-        gp = gradient_penalty(critic, real, fake, real_labels)
+        gp = gradient_penalty(critic, real, fake, real_labels, eps)
         loss = loss + cfg.gp_weight * gp
     acc = ((logit_real > 0).long() == real_labels).float().mean()
     return loss, {"c_loss": loss.detach(), "wdist": wdist.detach(), "c_cls": cls.detach(), "gp": gp.detach(), "c_acc": acc}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, dist
 from .autoencoder import Autoencoder
 from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, ModelError, load_optimizer, load_weights,
                          optimizer_tensors, read_json, read_model_config, recover, state_tensors)
@@ -95,6 +95,8 @@ class Run:
                             "gan": {"step": 0, "done": False}, "ckpt": 0}
 
     def metric(self, record: dict) -> None:
+        if not dist.is_main():
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -102,6 +104,9 @@ class Run:
              metrics: dict | None = None) -> None:
         """Write one checkpoint atomically: weights, config, tokenizer and the training state."""
         self.state["ckpt"] += 1
+        if not dist.is_main():  # one writer; the others wait until the checkpoint is complete
+            dist.barrier()
+            return
         w = CheckpointWriter(self.out)
         stages = [self.cfg.model if self.cfg.model == "lm" else "ae"] + (["gan"] if gen is not None else [])
         tag = {"ckpt": self.state["ckpt"], "reviewgan": __version__}
@@ -120,6 +125,7 @@ class Run:
         w.tensors("train_state/rng.safetensors", rng or {"torch": torch.get_rng_state()})
         w.json("train_state/state.json", self.state)
         w.commit()
+        dist.barrier()
 
     def load_state(self) -> dict:
         recover(self.out)
@@ -175,14 +181,20 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
         batches = iterate_batches(lengths, cfg.ae.batch_size, np.random.default_rng([cfg.train.seed, epoch]))
         noise_std = cfg.ae.code_noise * cfg.ae.code_noise_decay ** epoch
         for b in range(st["batch"], len(batches)):
-            ids, lens, labels = pad_batch(units, batches[b], device)
+            local = dist.shard(batches[b])  # this process's slice of the global batch (all of it alone)
+            ids, lens, labels = pad_batch(units, local, device)
             with autocast(cfg, device):
                 ce, kl, correct, n = ae.loss(ids, lens, labels, noise_std=noise_std)
             kl_w = cfg.ae.kl_weight * min(1.0, (st["step"] + 1) / max(cfg.ae.kl_anneal_steps, 1))
-            loss = ce + kl_w * kl if cfg.ae.variational else ce
+            # Weight each slice by its share of the global batch's tokens (rows for KL): the gradients
+            # summed over processes are then exactly the global batch's (share = 1 in one process).
+            loss = ce * (int(n) / dist.sum_scalar(int(n)))
+            if cfg.ae.variational:
+                loss = loss + kl_w * kl * (len(local) / len(batches[b]))
             check_finite(loss.item(), f"{name} loss", st["step"] + 1)  # before the update: weights stay good
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.sum_gradients(ae.parameters())
             if cfg.ae.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.ae.grad_clip)
             opt.step()
@@ -290,7 +302,9 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
     fixed_z = torch.randn(2 * cfg.train.n_samples, gcfg.noise_dim,
                           generator=torch.Generator().manual_seed(cfg.train.seed + 2)).to(device)
     fixed_y = torch.arange(2 * cfg.train.n_samples, device=device) % 2
-    B, N = gcfg.batch_size, len(codes)
+    B, N, world = gcfg.batch_size, len(codes), dist.world_size()
+    if B % world:
+        raise TrainingError(f"gan.batch_size {B} must be divisible by the number of processes ({world})")
 
     def sample_fake(batch):
         z = torch.randn(batch, gcfg.noise_dim, generator=g, device=device)  # fresh Gaussian noise every step
@@ -307,23 +321,28 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
     while st["step"] < gcfg.steps:
         # (1) update the critic n_critic times on real codes vs generated codes
         for _ in range(gcfg.n_critic):
+            # Every process draws the same global batch and keeps its slice (see dist.py).
             idx = torch.randint(0, N, (B,), generator=g, device=device)
             z, y = sample_fake(B)
+            eps = torch.rand(B, 1, generator=g, device=device)  # gradient-penalty interpolation weights
+            idx, z, y, eps = (dist.shard(t) for t in (idx, z, y, eps))
             with torch.no_grad():
                 fake = gen(z, y)
-            c_loss, c_parts = critic_loss(critic, codes[idx], labels[idx], fake, y, gcfg)
+            c_loss, c_parts = critic_loss(critic, codes[idx], labels[idx], fake, y, gcfg, eps)
             check_finite(c_loss.item(), "GAN critic loss", st["step"] + 1)
             opt_c.zero_grad(set_to_none=True)
-            c_loss.backward()
+            (c_loss / world).backward()  # equal slices: summed gradients = the global batch's mean
+            dist.sum_gradients(critic.parameters())
             opt_c.step()
             if gcfg.lipschitz == "clip":
                 clip_weights_(critic, gcfg.clip_value)
         # (2) update the generator once
-        z, y = sample_fake(B)
+        z, y = (dist.shard(t) for t in sample_fake(B))
         g_loss, g_parts = generator_loss(critic, gen(z, y), y, gcfg)
         check_finite(g_loss.item(), "GAN generator loss", st["step"] + 1)
         opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        (g_loss / world).backward()
+        dist.sum_gradients(gen.parameters())
         opt_g.step()
         st["step"] += 1
         bar.update(1)
@@ -392,11 +411,20 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
     """Train the stages asked for into the run directory `out`; returns the trained model."""
     log = log or (lambda msg: tqdm.write(msg))
     out = Path(out)
-    cfg, reuse = open_run(cfg, out, resume, force, log)
+    device = resolve_device(cfg.train.device)
+    _, world = dist.setup(device)
+    if not dist.is_main():  # under torchrun only rank 0 talks, writes and decides what to do with `out`
+        log, progress = (lambda msg: None), False
+        dist.barrier()
+        cfg, reuse = open_run(cfg, out, resume, False, log)
+    else:
+        cfg, reuse = open_run(cfg, out, resume, force, log)
+        dist.barrier()
+    if world > 1:
+        log(f"data-parallel training on {world} processes")
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
     run = Run(out, cfg, device, log)
     tokenizer = None
     if reuse:
@@ -418,7 +446,7 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
             load_weights(critic, out / "critic.safetensors", device)
         if "torch" in run.rng():
             torch.set_rng_state(run.rng()["torch"])
-    if not reuse:
+    if not reuse and dist.is_main():
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if stage in ("ae", "all") and not run.state["ae"]["done"]:
         train_autoencoder(run, data, ae, progress)

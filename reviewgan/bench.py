@@ -123,7 +123,7 @@ def bench_gan(cfg: Config, optimised: bool, iters: int) -> float:
     def iteration():
         for _ in range(cfg.gan.n_critic):
             idx = torch.randint(0, len(codes), (B,))
-            y = torch.randint(0, 2, (B,))
+            y = labels[idx]
             with torch.no_grad():
                 fake = g(torch.randn(B, cfg.gan.noise_dim), y)
             loss, _ = critic_loss(c, codes[idx], labels[idx], fake, y, cfg.gan)

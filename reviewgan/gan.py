@@ -34,8 +34,11 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.Sequential(*[ResidualBlock(width, dropout) for _ in range(n_blocks)])
         self.out = nn.Linear(width, out_dim)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.inp(x))  # (B, width)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.blocks(self.inp(x)))
+        return self.out(self.features(x))
 
 
 class Condition(nn.Module):
@@ -68,17 +71,30 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
+    """Realness and sentiment from the code alone; with `critic_conditioned`, the realness score also
+    judges the (code, sentiment) pair through a projection (Miyato & Koyama 2018):
+
+        h = trunk(code);  score = w.h + b + embed(label).h;  sentiment logit = v.h + c
+
+    The sentiment head never sees the label: a critic given the label as an input reads it back
+    perfectly, its sentiment loss drops to zero and the generator gets no sentiment signal.
+    """
+
     def __init__(self, cfg: GANConfig, code_dim: int):
         super().__init__()
-        self.cond = Condition(cfg.condition, cfg.cond_dim) if cfg.critic_conditioned else None
-        in_dim = code_dim + (cfg.cond_dim if self.cond is not None else 0)
-        self.net = ResidualMLP(in_dim, cfg.width, cfg.n_blocks, 2, cfg.c_dropout)
+        self.net = ResidualMLP(code_dim, cfg.width, cfg.n_blocks, 2, cfg.c_dropout)
+        self.proj = nn.Embedding(2, cfg.width) if cfg.critic_conditioned else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)  # start unconditioned; learn what a real pair looks like
 
     def forward(self, code: torch.Tensor, labels: torch.Tensor):
         """-> realness score (B,), sentiment logit (B,)."""
-        x = code if self.cond is None else torch.cat([code, self.cond(labels)], dim=-1)
-        out = self.net(x)
-        return out[:, 0], out[:, 1]
+        h = self.net.features(code)
+        out = self.net.out(h)
+        score = out[:, 0]
+        if self.proj is not None:
+            score = score + (self.proj(labels) * h).sum(-1)
+        return score, out[:, 1]
 
 
 def sentiment_loss(logit: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

@@ -323,12 +323,13 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
         for _ in range(gcfg.n_critic):
             # Every process draws the same global batch and keeps its slice (see dist.py).
             idx = torch.randint(0, N, (B,), generator=g, device=device)
-            z, y = sample_fake(B)
+            z = torch.randn(B, gcfg.noise_dim, generator=g, device=device)  # fresh Gaussian noise every step
             eps = torch.rand(B, 1, generator=g, device=device)  # gradient-penalty interpolation weights
-            idx, z, y, eps = (dist.shard(t) for t in (idx, z, y, eps))
+            idx, z, eps = (dist.shard(t) for t in (idx, z, eps))
+            y = labels[idx]  # fakes get the real batch's sentiments: label effects cancel in the W estimate
             with torch.no_grad():
                 fake = gen(z, y)
-            c_loss, c_parts = critic_loss(critic, codes[idx], labels[idx], fake, y, gcfg, eps)
+            c_loss, c_parts = critic_loss(critic, codes[idx], y, fake, y, gcfg, eps)
             check_finite(c_loss.item(), "GAN critic loss", st["step"] + 1)
             opt_c.zero_grad(set_to_none=True)
             (c_loss / world).backward()  # equal slices: summed gradients = the global batch's mean

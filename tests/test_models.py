@@ -76,7 +76,7 @@ def test_clipping_bounds_every_critic_parameter():
             p.normal_(0, 1)
     clip_weights_(critic, 0.01)
     names = [n for n, _ in critic.named_parameters()]
-    assert any("bias" in n for n in names) and any("out" in n for n in names) and any("cond" in n for n in names)
+    assert any("bias" in n for n in names) and any("out" in n for n in names) and any("proj" in n for n in names)
     for n, p in critic.named_parameters():
         assert p.abs().max() <= 0.01 + 1e-9, n
 
@@ -149,3 +149,14 @@ def test_decoder_can_be_conditioned_on_the_sentiment():
     a = ae.generate(code, 8, labels=torch.tensor([0, 0]))
     b = ae.generate(code, 8, labels=torch.tensor([1, 1]))
     assert a != b
+
+
+def test_critic_sentiment_head_cannot_read_the_label():
+    """The conditioned critic's realness score depends on the label; its sentiment prediction must not."""
+    torch.manual_seed(0)
+    critic = Critic(GANConfig(width=8, n_blocks=2, critic_conditioned=True), 16)
+    torch.nn.init.normal_(critic.proj.weight)
+    code = torch.randn(5, 16)
+    s0, l0 = critic(code, torch.zeros(5, dtype=torch.long))
+    s1, l1 = critic(code, torch.ones(5, dtype=torch.long))
+    assert torch.equal(l0, l1) and not torch.allclose(s0, s1)

@@ -26,7 +26,8 @@ class DataConfig:
     min_frequency: int = 2  # WordPiece: ignore pieces seen fewer times than this
     val_frac: float = 0.05
     test_frac: float = 0.05
-    limit: int = 0  # use at most this many training units (0 = all); for quick runs
+    limit: int = 0  # use at most this many training reviews (0 = all); for quick runs
+    opinion_filter: float = 0.0  # keep training units a whole-review classifier gives >= this for their label (0 = off)
     text_column: str = ""  # CSV/JSONL: name of the text column ("" = guess)
     label_column: str = ""  # CSV/JSONL: name of the label column ("" = guess)
 
@@ -133,6 +134,7 @@ class Config:
             (self.data.unit in ("review", "chunk", "sentence"), "data.unit must be review, chunk or sentence"),
             (8 <= self.data.max_len <= 1024, "data.max_len must be in 8..1024"),
             (100 <= self.data.vocab_size <= 200_000, "data.vocab_size must be in 100..200000"),
+            (0 <= self.data.opinion_filter < 1, "data.opinion_filter must be in [0, 1)"),
             (0 <= self.data.val_frac < 0.5 and 0 <= self.data.test_frac < 0.5, "split fractions must be in [0, 0.5)"),
             (self.ae.code_activation in ("sigmoid", "tanh", "l2", "none"), "ae.code_activation must be sigmoid|tanh|l2|none"),
             (0 < self.ae.code_dim <= 8192 and 0 < self.ae.emb_dim <= 8192 and 0 < self.ae.enc_hidden <= 8192, "ae sizes must be in 1..8192"),

@@ -228,6 +228,7 @@ class Units:
     labels: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     dropped_long: int = 0  # first sentence alone longer than max_len
+    filtered: int = 0  # removed by the opinion filter
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -314,6 +315,27 @@ def _fit_run(pieces, start: int, budget: int) -> int:
 
 def _add_run(out: Units, run, label: int, end_id: int) -> None:
     out.add([t for _, ids in run for t in ids] + [end_id], label, " ".join(s for s, _ in run))
+
+
+def opinion_filter(units: Units, records: list[Record], threshold: float) -> Units:
+    """Keep the units that read clearly as their review's sentiment.
+
+    A review's label is about the whole review; a 40-token piece of it is often plot summary or
+    hedging. A unigram naive Bayes model trained on the *whole* training reviews scores each unit,
+    and only units whose own label gets probability >= threshold are kept, so labels mean something
+    at this length. (A different model family and unit than the evaluation judge, which is a
+    TF-IDF 1-2-gram logistic regression trained on units.)
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+    vec = CountVectorizer(min_df=3, token_pattern=r"[a-z0-9']+")
+    nb = MultinomialNB().fit(vec.fit_transform([clean_text(r.text) for r in records]), [r.label for r in records])
+    proba = nb.predict_proba(vec.transform(units.texts))
+    keep = [i for i, y in enumerate(units.labels) if proba[i, y] >= threshold]
+    out = Units([units.ids[i] for i in keep], [units.labels[i] for i in keep], [units.texts[i] for i in keep],
+                units.dropped_long)
+    out.filtered = len(units) - len(keep)
+    return out
 
 
 def length_stats(lengths: np.ndarray) -> dict:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import metrics as M
-from .config import Config
+from .config import Config, apply_overrides
 from .data import SENTIMENTS, Units
 from .model import ReviewGAN
 from .tokenizer import Tokenizer
@@ -54,6 +54,9 @@ def _decoded(units: Units, tok: Tokenizer) -> list[str]:
 
 
 def yardsticks(cfg: Config, tokenizer: Tokenizer, log=print) -> Yardsticks:
+    # Judged on the real distribution: a model trained on opinion-filtered units is measured against
+    # the same unfiltered training and test data (and the same judge) as every other model.
+    cfg = apply_overrides(cfg, ["data.opinion_filter=0"])
     data = prepare_data(cfg, tokenizer, log=lambda m: None)
     # Keyed by everything the yardsticks depend on, so a change to any of them trains new ones.
     key = hashlib.sha1((YARDSTICK_VERSION + json.dumps(cfg.to_dict()["data"], sort_keys=True) + json.dumps(EVAL_LM)

@@ -26,8 +26,8 @@ from .autoencoder import Autoencoder
 from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, ModelError, load_optimizer, load_weights,
                          optimizer_tensors, read_json, read_model_config, recover, state_tensors)
 from .config import Config
-from .data import (SENTIMENTS, Units, length_stats, limit_records, load_records, make_units, sentences_of,
-                   split_records, iterate_batches)
+from .data import (SENTIMENTS, Units, iterate_batches, length_stats, limit_records, load_records, make_units,
+                   opinion_filter, sentences_of, split_records)
 from .gan import clip_weights_, critic_loss, generator_loss
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device, stage1_file
@@ -56,9 +56,12 @@ def prepare_data(cfg: Config, tokenizer: Tokenizer | None = None, log=print) -> 
     if tokenizer is None:
         tokenizer = Tokenizer.train((" ".join(s) for s in sents["train"]), cfg.data.vocab_size, cfg.data.min_frequency)
     units = {k: make_units(splits[k], sents[k], tokenizer, cfg.data.max_len, cfg.data.unit) for k in splits}
+    if cfg.data.opinion_filter > 0:  # training units only: validation and test stay the real distribution
+        units["train"] = opinion_filter(units["train"], splits["train"], cfg.data.opinion_filter)
     msg = (f"{report.summary()}\nunits ({cfg.data.unit}s of <= {cfg.data.max_len} tokens): "
            + ", ".join(f"{k} {len(u)}" for k, u in units.items())
-           + f"; {units['train'].dropped_long} training {cfg.data.unit}s dropped as longer than max_len")
+           + f"; {units['train'].dropped_long} training {cfg.data.unit}s dropped as longer than max_len"
+           + (f", {units['train'].filtered} as not clearly of their review's sentiment" if cfg.data.opinion_filter else ""))
     log(msg)
     if len(units["train"]) == 0:
         raise TrainingError("no training units: the data is empty or every review's first sentence is too long")

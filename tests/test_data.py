@@ -113,3 +113,15 @@ def test_chunk_mode_uses_the_whole_review_in_whole_sentences():
     tok = make_tok([" ".join(s) for s in sents])
     units = make_units(recs, sents, tok, max_len=10, unit="chunk")
     assert units.texts == ["a b c. d e f.", "g h i j k l m n.", "o p."] and units.dropped_long == 0
+
+
+def test_opinion_filter_keeps_clearly_opinionated_units():
+    from reviewgan.data import Units, opinion_filter
+    recs = [Record(f"a great, wonderful, superb film {i}. the plot follows a man.", 1) for i in range(30)]
+    recs += [Record(f"an awful, dull, boring film {i}. the plot follows a man.", 0) for i in range(30)]
+    units = Units()
+    for text, label in [("a great and superb film.", 1), ("the plot follows a man.", 1),
+                        ("a dull and awful film.", 0), ("the plot follows a man.", 0), ("a superb film.", 0)]:
+        units.add([5, 3], label, text)
+    kept = opinion_filter(units, recs, 0.8)
+    assert kept.texts == ["a great and superb film.", "a dull and awful film."] and kept.filtered == 3

@@ -147,10 +147,17 @@ def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
         return f.metadata() or {}
 
 
-def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False) -> list[Path]:
-    """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training state."""
+def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False,
+                 sample: list[str] | None = None) -> list[Path]:
+    """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training
+    state. `sample` overrides the default decoding (`sample.key=value`): nothing that training produced."""
+    from .config import Config, ConfigError, apply_overrides
     src, dst = Path(src), Path(dst)
     meta = read_model_config(src)
+    if sample:
+        if any(not s.startswith("sample.") for s in sample):
+            raise ConfigError("export only changes the decoding defaults: use --set sample.KEY=VALUE")
+        meta = {**meta, "config": apply_overrides(Config.from_dict(meta["config"]), sample).to_dict()}
     dst.mkdir(parents=True, exist_ok=True)
     w = CheckpointWriter(dst)
     w.text("tokenizer.json", (src / "tokenizer.json").read_text())

@@ -140,7 +140,8 @@ def cmd_serve(args) -> int:
 
 def cmd_export(args) -> int:
     from .checkpoint import export_model
-    files = export_model(Path(args.model), Path(args.out), half=not args.fp32, keep_critic=args.keep_critic)
+    files = export_model(Path(args.model), Path(args.out), half=not args.fp32, keep_critic=args.keep_critic,
+                         sample=args.overrides)
     total = sum(f.stat().st_size for f in files)
     print(f"exported {len(files)} files, {total / 2**20:.1f} MiB, to {args.out}")
     return 0
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="where to write the release copy")
     x.add_argument("--fp32", action="store_true", help="keep float32 weights")
     x.add_argument("--keep-critic", action="store_true", help="also ship the critic (not needed to generate)")
+    x.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
+                   help="default decoding of the release, e.g. --set sample.greedy=false --set sample.temperature=0.8")
     x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")

@@ -127,3 +127,8 @@ def test_export_fp16_release(capsys, tiny_model_dir, tmp_path):
     full, half = ReviewGAN.from_pretrained(tiny_model_dir), ReviewGAN.from_pretrained(out)
     assert half.critic is None and len(half.generate("positive", n=3, seed=0)) == 3
     assert full.generate("positive", n=3, seed=0) == half.generate("positive", n=3, seed=0)  # fp16 rounding is harmless here
+    code, _, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "sampled"),
+                     "--set", "sample.greedy=false", "--set", "sample.temperature=0.7")
+    assert code == 0 and ReviewGAN.from_pretrained(tmp_path / "sampled").cfg.sample.temperature == 0.7
+    bad(capsys, "export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--set", "ae.epochs=3",
+        match="only changes the decoding")

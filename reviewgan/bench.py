@@ -89,13 +89,13 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) ->
     real = computed = 0
     t0 = None
     for step, idx in enumerate(batches[:steps + 2]):
-        ids, lens, _ = pad_batch(units, idx, torch.device("cpu"))
+        ids, lens, labels = pad_batch(units, idx, torch.device("cpu"))
         if not optimised:  # the straightforward way: every batch padded to max_len
             ids = torch.cat([ids, ids.new_zeros(ids.size(0), T - ids.size(1))], dim=1)
         if step == 2:
             t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=optimised):
-            ce, _, _, n = ae.loss(ids, lens)
+            ce, _, _, n = ae.loss(ids, lens, labels)
         opt.zero_grad(set_to_none=True)
         ce.backward()
         opt.step()
@@ -172,7 +172,20 @@ def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
         bench_gan(cfg, True, 1)
     else:
         bench_generation(cfg, 1000, 1)
-    q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+    q.put(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    # VmHWM belongs to this process's own address space; ru_maxrss would carry over the parent's
+    # peak through fork+exec and report the benchmark process instead of the measured work.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux; macOS: bytes)
 
 
 def peak_rss_mb(kind: str, cfg: Config) -> float:

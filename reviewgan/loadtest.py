@@ -12,22 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
 import numpy as np
-import uvicorn
 
 from .model import ReviewGAN
-from .serve import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .serve import running_server
 
 
 async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list[float], int]:
@@ -51,20 +42,10 @@ async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list
 
 
 def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5) -> dict:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ReviewGAN.from_pretrained(model_dir)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
+    with running_server(ReviewGAN.from_pretrained(model_dir)) as url:
         t0 = time.perf_counter()
-        lat, errors = asyncio.run(_load(f"http://127.0.0.1:{port}/api/generate", requests, concurrency, n))
+        lat, errors = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
         wall = time.perf_counter() - t0
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     return {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
             "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall}

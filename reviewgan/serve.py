@@ -10,6 +10,10 @@ requests never share random state: a request with a seed returns the same review
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from importlib import resources
 from typing import Literal
 
@@ -92,6 +96,28 @@ def create_app(model: ReviewGAN) -> FastAPI:
         return {"reviews": [r.to_dict() for r in reviews]}
 
     return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model: ReviewGAN):
+    """Serve `model` on a free loopback port in a background thread; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -1,8 +1,6 @@
 """The web page in a real headless Chromium: pick a sentiment, click Generate, see reviews of it."""
 
 import shutil
-import threading
-import time
 
 import pytest
 
@@ -12,11 +10,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no Chromium installed (Debian: apt-get install chromium)", allow_module_level=True)
 
-import uvicorn  # noqa: E402
-
 from reviewgan import ReviewGAN  # noqa: E402
-from reviewgan.loadtest import free_port  # noqa: E402
-from reviewgan.serve import create_app  # noqa: E402
+from reviewgan.serve import running_server  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -24,16 +19,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(ReviewGAN.from_pretrained(tiny_model_dir)), host="127.0.0.1",
-                                       port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running_server(ReviewGAN.from_pretrained(tiny_model_dir)) as url:
+        yield url + "/"
 
 
 def test_generate_in_the_browser(server, tmp_path):

@@ -77,9 +77,19 @@ class Decoder(nn.Module):
         return self.out(self.drop(y))  # (B, T, V)
 
     def step(self, tokens: torch.Tensor, code: torch.Tensor, state, labels=None):
-        """One decoding step for a batch: tokens (B,) -> logits (B, V), new state."""
-        y, state = self.lstm(self._inputs(tokens.unsqueeze(1), code, labels), state)
-        return self.out(y[:, 0]), state
+        """One decoding step for a batch: tokens (B,) -> logits (B, V), new state.
+
+        The LSTM cell is written out with the layer's own weights: for one step of a small batch the
+        fused RNN kernel spends more time preparing its weights than computing (~10x slower here).
+        """
+        x = self._inputs(tokens.unsqueeze(1), code, labels)[:, 0]  # (B, in)
+        h, c = state[0][0], state[1][0]  # (B, H)
+        rnn = self.lstm
+        gates = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0) + F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self.out(h), (h.unsqueeze(0), c.unsqueeze(0))
 
 
 def decoder_io(ids: torch.Tensor, lengths: torch.Tensor):
@@ -180,4 +190,9 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # always keeps the most likely token
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: one uniform per row (torch.multinomial draws one exponential per vocabulary
+    # entry, which dominated decoding time). Zero-probability tokens are never picked.
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device).clamp_min_(1e-7)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:])
+    return idx.squeeze(-1).clamp_(max=probs.size(-1) - 1)

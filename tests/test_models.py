@@ -160,3 +160,24 @@ def test_critic_sentiment_head_cannot_read_the_label():
     s0, l0 = critic(code, torch.zeros(5, dtype=torch.long))
     s1, l1 = critic(code, torch.ones(5, dtype=torch.long))
     assert torch.equal(l0, l1) and not torch.allclose(s0, s1)
+
+
+def test_decoding_step_matches_the_full_sequence_pass():
+    torch.manual_seed(0)
+    ae = Autoencoder(30, AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, code_to_input=True,
+                                  label_to_decoder=True)).eval()
+    code, labels = torch.randn(3, 16), torch.tensor([0, 1, 1])
+    tokens = torch.tensor([[START, 5, 6, 7]] * 3)
+    full = ae.decoder(tokens, code, labels)  # (3, 4, V) through nn.LSTM
+    state = ae.decoder.initial_state(code)
+    for t in range(4):
+        logits, state = ae.decoder.step(tokens[:, t], code, state, labels)
+        assert torch.allclose(logits, full[:, t], atol=1e-5)
+
+
+def test_sampling_follows_the_distribution_and_skips_impossible_tokens():
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.8])
+    logits = torch.log(probs).expand(4000, 4).clone()
+    draws = sample_top_p(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=4).float() / 4000
+    assert counts[0] == 0 and counts[2] == 0 and abs(counts[3] - 0.8) < 0.03

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, dist
 from .autoencoder import Autoencoder
-from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, ModelError, load_optimizer, load_weights,
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, load_optimizer, load_weights,
                          optimizer_tensors, read_json, read_model_config, recover, state_tensors)
 from .config import Config
 from .data import (SENTIMENTS, Units, iterate_batches, length_stats, limit_records, load_records, make_units,

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import pytest
 
 from reviewgan.cli import main
 

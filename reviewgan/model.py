@@ -149,18 +149,13 @@ class ReviewGAN:
             labels = torch.full((b,), label, dtype=torch.long, device=self.device)
             if self.is_lm:
                 rows, ended = self.autoencoder.generate(labels, max_len, greedy, temperature, top_p, g)
-                out += self._reviews(rows, ended, SENTIMENTS[label])
-                continue
-            z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
-            with torch.no_grad():
-                codes = self.generator(z, labels)
-            out += self._decode(codes, greedy, temperature, top_p, max_len, g, labels)
+            else:
+                z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
+                with torch.no_grad():
+                    codes = self.generator(z, labels)
+                rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g, labels)
+            out += self._reviews(rows, ended, SENTIMENTS[label])
         return out if records else [r.text for r in out]
-
-    def _decode(self, codes, greedy, temperature, top_p, max_len, g, labels=None):
-        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g, labels)
-        sentiment = "" if labels is None else SENTIMENTS[int(labels[0])]
-        return self._reviews(rows, ended, sentiment)
 
     def _reviews(self, rows, ended, sentiment):
         return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]

@@ -448,8 +448,9 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         if gen is not None and (out / "generator.safetensors").exists():
             load_weights(gen, out / "generator.safetensors", device)
             load_weights(critic, out / "critic.safetensors", device)
-        if "torch" in run.rng():
-            torch.set_rng_state(run.rng()["torch"])
+        saved_rng = run.rng()
+        if "torch" in saved_rng:
+            torch.set_rng_state(saved_rng["torch"])
     if not reuse and dist.is_main():
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if stage in ("ae", "all") and not run.state["ae"]["done"]:

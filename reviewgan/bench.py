@@ -27,15 +27,24 @@ from .gan import Critic, Generator, critic_loss, generator_loss
 # --------------------------------------------------------------------------- helpers
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings measure it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, device=torch.device("cpu")) -> float:
     """Dense matmul throughput of this machine at this precision: the ceiling for MFU."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    sync(device)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
+        for _ in range(10 if device.type == "cuda" else 1):  # GPU: queue several, then wait
+            a @ b
+            reps += 1
+        sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -74,10 +83,10 @@ def real_units(cfg: Config, n: int) -> Units | None:
 # --------------------------------------------------------------------------- autoencoder
 
 
-def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) -> dict:
+def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, device=torch.device("cpu")) -> dict:
     from .train import pad_batch
     torch.manual_seed(0)
-    ae = Autoencoder(cfg.data.vocab_size, cfg.ae).train()
+    ae = Autoencoder(cfg.data.vocab_size, cfg.ae).to(device).train()
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3, fused=optimised)
     lengths = units.lengths()
     B, T = cfg.ae.batch_size, cfg.data.max_len
@@ -89,12 +98,13 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) ->
     real = computed = 0
     t0 = None
     for step, idx in enumerate(batches[:steps + 2]):
-        ids, lens, labels = pad_batch(units, idx, torch.device("cpu"))
+        ids, lens, labels = pad_batch(units, idx, device)
         if not optimised:  # the straightforward way: every batch padded to max_len
             ids = torch.cat([ids, ids.new_zeros(ids.size(0), T - ids.size(1))], dim=1)
         if step == 2:
+            sync(device)
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=optimised):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=optimised):
             ce, _, _, n = ae.loss(ids, lens, labels)
         opt.zero_grad(set_to_none=True)
         ce.backward()
@@ -102,6 +112,7 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) ->
         if step >= 2:
             real += int(n)
             computed += ids.numel()
+    sync(device)
     dt = time.perf_counter() - t0
     return {"tokens_per_s": real / dt, "padding_frac": 1 - real / computed,
             "positions_per_s": computed / dt}
@@ -110,54 +121,61 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int) ->
 # --------------------------------------------------------------------------- GAN
 
 
-def bench_gan(cfg: Config, optimised: bool, iters: int) -> float:
+def bench_gan(cfg: Config, optimised: bool, iters: int, device=torch.device("cpu")) -> float:
     torch.manual_seed(0)
-    g, c = Generator(cfg.gan, cfg.ae.code_dim, "l2"), Critic(cfg.gan, cfg.ae.code_dim)
+    g = Generator(cfg.gan, cfg.ae.code_dim, "l2").to(device)
+    c = Critic(cfg.gan, cfg.ae.code_dim).to(device)
     kw = {"fused": True} if optimised else {"foreach": False}
     og = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
     oc = torch.optim.Adam(c.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
-    codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim), dim=-1)
-    labels = torch.randint(0, 2, (4096,))
+    codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim, device=device), dim=-1)
+    labels = torch.randint(0, 2, (4096,), device=device)
     B = cfg.gan.batch_size
 
     def iteration():
         for _ in range(cfg.gan.n_critic):
-            idx = torch.randint(0, len(codes), (B,))
+            idx = torch.randint(0, len(codes), (B,), device=device)
             y = labels[idx]
             with torch.no_grad():
-                fake = g(torch.randn(B, cfg.gan.noise_dim), y)
+                fake = g(torch.randn(B, cfg.gan.noise_dim, device=device), y)
             loss, _ = critic_loss(c, codes[idx], labels[idx], fake, y, cfg.gan)
             oc.zero_grad(set_to_none=True); loss.backward(); oc.step()
-        y = torch.randint(0, 2, (B,))
-        loss, _ = generator_loss(c, g(torch.randn(B, cfg.gan.noise_dim), y), y, cfg.gan)
+        y = torch.randint(0, 2, (B,), device=device)
+        loss, _ = generator_loss(c, g(torch.randn(B, cfg.gan.noise_dim, device=device), y), y, cfg.gan)
         og.zero_grad(set_to_none=True); loss.backward(); og.step()
 
     for _ in range(2):
         iteration()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         iteration()
+    sync(device)
     return iters / (time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- generation
 
 
-def bench_generation(cfg: Config, n: int, single: int) -> dict:
+def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu")) -> dict:
     from .model import ReviewGAN
     from .tokenizer import Tokenizer
     torch.manual_seed(0)
     texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
     tok = Tokenizer.train(texts, cfg.data.vocab_size, 1)
     ae = Autoencoder(tok.vocab_size, cfg.ae)
-    model = ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None)
+    model = ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None, device)
+    model.generate("positive", n=2, seed=0)  # warm-up (GPU: kernel selection, allocator)
+    sync(device)
     t0 = time.perf_counter()
     for s in ("positive", "negative"):
         model.generate(s, n=n, seed=0)
+    sync(device)
     batched = (time.perf_counter() - t0) / 2  # seconds per 1000 reviews of one sentiment
     t0 = time.perf_counter()
     for i in range(single):
         model.generate("positive", n=1, seed=i)
+    sync(device)
     one = (time.perf_counter() - t0) / single * n
     return {"gen_1000_s": batched * 1000 / n, "gen_one_at_a_time_1000_s": one * 1000 / n}
 
@@ -201,36 +219,46 @@ def peak_rss_mb(kind: str, cfg: Config) -> float:
 # --------------------------------------------------------------------------- entry point
 
 
-def run_bench(quick: bool = False, preset: str = "default", log=print) -> dict:
+def run_bench(quick: bool = False, preset: str = "default", log=print, device: str = "cpu") -> dict:
+    from .model import resolve_device
     cfg = load_preset(preset)
+    dev = resolve_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     steps, iters, single = (4, 2, 5) if quick else (30, 10, 50)
-    result = {"device": f"cpu ({torch.get_num_threads()} threads)", "preset": preset, "quick": quick}
+    if dev.type == "cuda":
+        name = f"cuda ({torch.cuda.get_device_name(dev)}; GPU figures)"
+        steps, iters = steps * 4, iters * 4  # GPU steps are short: time more of them
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    result = {"device": name, "preset": preset, "quick": quick}
+    n_mm = (1024 if quick else 2048) * (4 if dev.type == "cuda" else 1)  # a GPU needs big matrices to reach its peak
     log("measuring matmul throughput...")
-    result["matmul_gflops"] = matmul_gflops(torch.bfloat16, 1024 if quick else 2048, 0.3 if quick else 1.5)
-    result["matmul_gflops_fp32"] = matmul_gflops(torch.float32, 1024 if quick else 2048, 0.3 if quick else 1.5)
+    result["matmul_gflops"] = matmul_gflops(torch.bfloat16, n_mm, 0.3 if quick else 1.5, dev)
+    result["matmul_gflops_fp32"] = matmul_gflops(torch.float32, n_mm, 0.3 if quick else 1.5, dev)
     units = None if quick else real_units(cfg, 4000)
     result["ae_data"] = "synthetic" if units is None else "imdb"
     units = units or synthetic_units(cfg, 4000)
     log("autoencoder training: optimised vs baseline...")
-    opt = bench_autoencoder(cfg, units, True, steps)
-    base = bench_autoencoder(cfg, units, False, steps)
+    opt = bench_autoencoder(cfg, units, True, steps, dev)
+    base = bench_autoencoder(cfg, units, False, steps, dev)
     flops = ae_flops_per_position(cfg, cfg.data.vocab_size)
     result.update(ae_tokens_per_s=opt["tokens_per_s"], ae_baseline_tokens_per_s=base["tokens_per_s"],
                   ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
                   baseline_padding_frac=base["padding_frac"],
                   mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
     log("GAN training: optimised vs straightforward eager...")
-    result["gan_iters_per_s"] = bench_gan(cfg, True, iters)
-    result["gan_baseline_iters_per_s"] = bench_gan(cfg, False, iters)
+    result["gan_iters_per_s"] = bench_gan(cfg, True, iters, dev)
+    result["gan_baseline_iters_per_s"] = bench_gan(cfg, False, iters, dev)
     result["gan_speedup"] = result["gan_iters_per_s"] / result["gan_baseline_iters_per_s"]
     log("generation: batched vs one at a time...")
-    gen = bench_generation(cfg, 100 if quick else 1000, single)
+    gen = bench_generation(cfg, 100 if quick else 1000, single, dev)
     result.update(gen, gen_speedup=gen["gen_one_at_a_time_1000_s"] / gen["gen_1000_s"])
     log("peak memory (fresh processes)...")
     result["train_peak_rss_mb"] = peak_rss_mb("train", cfg)
     result["gen_peak_rss_mb"] = peak_rss_mb("generate", cfg)
+    if dev.type == "cuda":  # device memory of this process's runs above (all stages)
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in result.items()}
 
 

@@ -87,9 +87,14 @@ def cmd_evaluate(args) -> int:
         return 0
     greedy = True if args.greedy else (False if args.temperature is not None or args.top_p is not None else None)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    if args.samples and (args.real or args.sweep):
+        raise ValueError("--samples measures the reviews in a file: it does not combine with --real or --sweep")
     result = evaluate(args.model, n=args.n, seed=args.seed, greedy=greedy, temperature=args.temperature,
-                      top_p=args.top_p, real=args.real, log=log)
-    if args.out:
+                      top_p=args.top_p, real=args.real, log=log, samples=args.samples, save_samples=args.save_samples)
+    if args.out and args.samples:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2))
+    elif args.out:
         real = None if args.real else evaluate(args.model, n=args.n, seed=args.seed, real=True, log=log)
         path = write_report(result, Path(args.out), ReviewGAN.from_pretrained(args.model), real)
         log(f"report: {path}")
@@ -124,7 +129,7 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = run_bench(quick=args.quick, preset=args.preset, log=log)
+    result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature", type=float, help="sample with this temperature instead of the default decoding")
     e.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     e.add_argument("--greedy", action="store_true", help="greedy decoding")
+    e.add_argument("--samples", help="measure the reviews in this JSONL file (from --save-samples or generate "
+                   "--format jsonl) instead of generating; --model then needs only config.json and tokenizer.json")
+    e.add_argument("--save-samples", metavar="FILE", help="also write the measured reviews to this JSONL file")
     e.add_argument("--sweep", action="store_true", help="temperature sweep: quality-diversity curve (needs --out)")
     e.add_argument("--sweep-models", nargs="*", help="further model directories drawn on the same sweep plot")
     e.set_defaults(func=cmd_evaluate)
@@ -199,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="default", help="config whose model sizes are measured")
     b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
     b.set_defaults(func=cmd_bench)
 
     v = sub.add_parser("serve", help="web page and HTTP API (pip install 'reviewgan[serve]')")

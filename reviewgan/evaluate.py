@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from . import metrics as M
 from .config import Config, apply_overrides
 from .data import SENTIMENTS, Units
-from .model import ReviewGAN
+from .model import ModelError, Review, ReviewGAN, default_model_dir, load_spec
 from .tokenizer import Tokenizer
 from .train import Data, evaluate_autoencoder, pad_batch, prepare_data
 
@@ -133,11 +134,43 @@ def load_embedder(notes: dict):
     return M.SentenceEmbedder()
 
 
+def read_samples(path: str | Path) -> list[Review]:
+    """Reviews saved by `evaluate --save-samples` or `generate --format jsonl` (one JSON object per line)."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if d["sentiment"] not in SENTIMENTS or not isinstance(d["text"], str):
+                raise ValueError
+            out.append(Review(d["sentiment"], d["text"], int(d.get("tokens", 0)), bool(d.get("ended", True))))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}:{i}: not a review record (needs sentiment positive|negative and text)") from None
+    if len(out) < 2:
+        raise ValueError(f"{path}: fewer than 2 reviews")
+    return out
+
+
 def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=None, temperature=None, top_p=None,
-             real: bool = False, log=print, embedder="auto") -> dict:
-    """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead."""
+             real: bool = False, log=print, embedder="auto", samples=None, save_samples=None) -> dict:
+    """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead.
+
+    `samples`: measure the reviews in this JSONL file instead of generating them (reviews generated on
+    another machine, or by another generator); the model directory then only has to hold config.json
+    and tokenizer.json, which fix the data and the yardsticks, and the autoencoder's figures are
+    computed when its weights are there. `save_samples`: write the measured reviews to this JSONL file.
+    """
     t0 = time.perf_counter()
-    model = ReviewGAN.from_pretrained(model_dir)
+    if samples is not None:
+        path = Path(model_dir) if model_dir is not None else default_model_dir()
+        try:
+            model = ReviewGAN.from_pretrained(path)
+        except ModelError:  # config + tokenizer are enough to measure text
+            cfg, tok, _ = load_spec(path)
+            model = SimpleNamespace(cfg=cfg, tokenizer=tok, path=path, is_lm=None, autoencoder=None)
+    else:
+        model = ReviewGAN.from_pretrained(model_dir)
     ys = yardsticks(model.cfg, model.tokenizer, log)
     notes: dict = {}
     emb = load_embedder(notes) if embedder == "auto" else embedder
@@ -153,21 +186,27 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         ended, labels = [True] * len(idx), lab[idx]
         source = "real reviews (validation split)"
     else:
-        recs = []
-        for k, s in enumerate(("positive", "negative")):
-            recs += model.generate(s, n=half, seed=seed + k, greedy=greedy, temperature=temperature, top_p=top_p,
-                                   records=True)
+        if samples is not None:
+            recs = read_samples(samples)
+            source = f"{model.cfg.preset} ({model.cfg.model}), reviews read from {samples}"
+        else:
+            recs = []
+            for k, s in enumerate(("positive", "negative")):
+                recs += model.generate(s, n=half, seed=seed + k, greedy=greedy, temperature=temperature, top_p=top_p,
+                                       records=True)
+            source = f"{model.cfg.preset} ({model.cfg.model})"
+        if save_samples is not None:
+            Path(save_samples).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
         texts = [r.text for r in recs]
         ids = [model.tokenizer.encode(t) for t in texts]
         ended = [r.ended for r in recs]
         labels = np.array([SENTIMENTS.index(r.sentiment) for r in recs])
-        source = f"{model.cfg.preset} ({model.cfg.model})"
     result = {"model": str(model.path), "source": source, "n": len(texts), "seed": seed,
               "judge_acc_real": ys.judge.accuracy(ys.test_texts, ys.test_labels),
               "real_mean_tokens": float(np.mean([len(x) - 1 for x in ys.data.units["test"].ids]))}
     result.update(text_metrics(texts, ids, ended, labels, ys, model.tokenizer.vocab_size, emb, notes))
     result["recon_token_acc"] = result["recon_bleu4"] = None
-    if not model.is_lm and not real:
+    if model.autoencoder is not None and not model.is_lm and not real:
         test = ys.data.units["test"]
         result["recon_token_acc"] = evaluate_autoencoder(model.autoencoder, test, model.device)["token_acc"]
         k = min(500, len(test))  # greedy reconstructions, each scored against its own original
@@ -178,7 +217,8 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         recon = [model.tokenizer.decode(r) for r in rows]
         result["recon_bleu4"] = float(np.mean([M.bleu([h], [r], 4) for h, r in zip(recon, ys.test_texts[:k])]))
     else:
-        notes["recon_token_acc"] = "no autoencoder" if model.is_lm else "real data"
+        notes["recon_token_acc"] = ("no autoencoder" if model.is_lm else "real data" if real
+                                    else "the model directory holds no weights")
     result["lengths"] = {"generated": [len(x) for x in ids],
                          "real": [len(x) - 1 for x in ys.data.units["test"].ids]}
     result["samples"] = {s: [t for t, y in zip(texts, labels) if y == i][:5] for i, s in enumerate(SENTIMENTS)}

@@ -73,6 +73,24 @@ def build_models(cfg: Config, vocab_size: int):
     return ae, gen, critic
 
 
+def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
+    """A model directory's config and tokenizer, validated, without its weights."""
+    if path.is_dir() and (path / ".pending" / "COMMIT").exists() and os.access(path, os.W_OK):
+        recover(path)
+    meta = read_model_config(path)
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise ModelError(f"{path}: config.json holds an invalid config ({e})") from None
+    try:
+        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+    except Exception as e:  # tokenizers raises its own Exception subclass
+        raise ModelError(f"{path}: missing or invalid tokenizer.json ({str(e)[:100]})") from None
+    if tokenizer.vocab_size > cfg.data.vocab_size + 16:
+        raise ModelError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, config allows {cfg.data.vocab_size}")
+    return cfg, tokenizer, meta
+
+
 class ReviewGAN:
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: Autoencoder,
                  generator: Generator | None = None, critic: Critic | None = None, device="cpu", path=None):
@@ -93,19 +111,7 @@ class ReviewGAN:
                 raise ModelError("no model given and no bundled model is installed: pass --model DIR "
                                  "(train one with: reviewgan train --preset tiny --out runs/tiny)")
         path = Path(path)
-        if path.is_dir() and (path / ".pending" / "COMMIT").exists() and os.access(path, os.W_OK):
-            recover(path)
-        meta = read_model_config(path)
-        try:
-            cfg = Config.from_dict(meta["config"])
-        except (ConfigError, KeyError, TypeError) as e:
-            raise ModelError(f"{path}: config.json holds an invalid config ({e})") from None
-        try:
-            tokenizer = Tokenizer.from_file(path / "tokenizer.json")
-        except Exception as e:  # tokenizers raises its own Exception subclass
-            raise ModelError(f"{path}: missing or invalid tokenizer.json ({str(e)[:100]})") from None
-        if tokenizer.vocab_size > cfg.data.vocab_size + 16:
-            raise ModelError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, config allows {cfg.data.vocab_size}")
+        cfg, tokenizer, meta = load_spec(path)
         dev = resolve_device(device)
         ae, gen, critic = build_models(cfg, tokenizer.vocab_size)
         load_weights(ae, path / stage1_file(cfg), dev)

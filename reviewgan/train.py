@@ -401,12 +401,15 @@ def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Co
         return cfg, False
     recover(out)
     saved = Config.from_dict(read_model_config(out)["config"])
+    # Where a run trains (device, threads) is not part of its recipe: stage 1 may run on a GPU and
+    # stage 2, or a resumed run, on a CPU. The current machine's settings win.
+    saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
     if resume:
         if saved.to_dict() != cfg.to_dict():
             log("resuming with the run's saved config (the given preset/overrides are ignored)")
         return saved, True
     if saved.to_dict() == cfg.to_dict():
-        return saved, True  # same run, e.g. `--stage gan` after `--stage ae`
+        return saved, True  # same run, e.g. `--stage gan` after `--stage ae`, here or on another machine
     raise TrainingError(f"--out {out} already holds a different run; use --resume to continue it or --force to overwrite")
 
 

@@ -142,6 +142,8 @@ class Run:
         p = self.out / "train_state" / f"{name}.safetensors"
         if p.exists() and f"{name}_meta" in self.state:
             load_optimizer(opt, load_file(str(p)), self.state[f"{name}_meta"])
+        elif f"{name}_meta" in self.state:  # e.g. a run copied between machines without its optimiser state
+            self.log(f"warning: {p} is missing: {name} continues with fresh moment estimates")
 
     def rng(self) -> dict:
         from safetensors.torch import load_file

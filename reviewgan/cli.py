@@ -32,7 +32,10 @@ def _config(args):
 def cmd_train(args) -> int:
     from .train import train
     cfg = _config(args)
-    model = train(cfg, args.out, stage=args.stage, resume=args.resume, force=args.force, progress=not args.quiet)
+    if args.ae_from and (args.resume or args.stage == "ae"):
+        raise ValueError("--ae-from starts a new run that trains the GAN: it does not combine with --resume or --stage ae")
+    model = train(cfg, args.out, stage=args.stage, resume=args.resume, force=args.force, progress=not args.quiet,
+                  ae_from=args.ae_from)
     print(f"model written to {args.out}")
     if model.generator is not None:
         for sentiment in ("positive", "negative"):
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default cpu)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--ae-from", metavar="RUN", help="reuse the finished autoencoder of RUN (same data and ae config) "
+                   "and train only the GAN: compare GAN variants on one autoencoder")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="write reviews of a requested sentiment")

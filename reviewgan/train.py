@@ -415,9 +415,27 @@ def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Co
     raise TrainingError(f"--out {out} already holds a different run; use --resume to continue it or --force to overwrite")
 
 
+def autoencoder_source(cfg: Config, src: str | Path) -> tuple[Tokenizer, Path]:
+    """Check that run `src` holds a finished autoencoder trained with this config's data and ae sections."""
+    from .model import load_spec
+    src = Path(src)
+    src_cfg, tok, meta = load_spec(src)
+    if cfg.model != "gan" or src_cfg.model != "gan" or "ae" not in meta.get("stages", []):
+        raise TrainingError(f"--ae-from {src}: needs a GAN config and a run with a trained autoencoder")
+    for section in ("data", "ae"):
+        if src_cfg.to_dict()[section] != cfg.to_dict()[section]:
+            raise TrainingError(f"--ae-from {src}: its [{section}] config differs from this run's; the autoencoder "
+                                "is only reused for the same data and autoencoder settings")
+    return tok, src / stage1_file(src_cfg)
+
+
 def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False, force: bool = False,
-          progress: bool = True, log=None) -> ReviewGAN:
-    """Train the stages asked for into the run directory `out`; returns the trained model."""
+          progress: bool = True, log=None, ae_from: str | Path | None = None) -> ReviewGAN:
+    """Train the stages asked for into the run directory `out`; returns the trained model.
+
+    ae_from: start a new run from the finished autoencoder of another run (same data and ae config)
+    and train only the GAN: the way to compare GAN variants on one autoencoder.
+    """
     log = log or (lambda msg: tqdm.write(msg))
     out = Path(out)
     device = resolve_device(cfg.train.device)
@@ -436,6 +454,10 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         torch.set_num_threads(cfg.train.threads)
     run = Run(out, cfg, device, log)
     tokenizer = None
+    if ae_from is not None:
+        if reuse:
+            raise TrainingError(f"--ae-from starts a new run, but {out} already holds one: use another --out or --force")
+        tokenizer, ae_file = autoencoder_source(cfg, ae_from)
     if reuse:
         run.load_state()
         if not resume:
@@ -458,6 +480,14 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
             torch.set_rng_state(saved_rng["torch"])
     if not reuse and dist.is_main():
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    if ae_from is not None:
+        load_weights(ae, ae_file, device)
+        run.state["ae"].update(epoch=cfg.ae.epochs, done=True, source=str(ae_from))
+        if dist.is_main() and (Path(ae_from) / "metrics.jsonl").exists():  # its curves, for the plots
+            lines = (Path(ae_from) / "metrics.jsonl").read_text().splitlines()
+            (out / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if '"stage": "ae"' in x))
+        run.save(data.tokenizer, ae)
+        log(f"autoencoder taken from {ae_from}")
     if stage in ("ae", "all") and not run.state["ae"]["done"]:
         train_autoencoder(run, data, ae, progress)
     if stage in ("gan", "all") and not run.state["gan"]["done"] and cfg.model == "gan":

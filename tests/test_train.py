@@ -145,3 +145,18 @@ def test_lm_baseline_trains_and_generates(corpus_csv, tmp_path):
     a = again.generate("positive", n=4, seed=0, records=True)
     assert a == model.generate("positive", n=4, seed=0, records=True) and all(r.sentiment == "positive" for r in a)
     assert len({r.text for r in a}) > 1  # sampled, not greedy
+
+
+def test_gan_variant_on_another_runs_autoencoder(corpus_csv, tiny_model_dir, tmp_path):
+    # --ae-from: the autoencoder is the source run's, bit for bit; only the GAN is trained anew.
+    cfg = tiny_config(corpus_csv, "gan.n_critic=1", "gan.condition=fill")
+    model = train(cfg, tmp_path / "variant", ae_from=tiny_model_dir, progress=False, log=lambda m: None)
+    src, new = load_file(str(tiny_model_dir / "autoencoder.safetensors")), load_file(str(tmp_path / "variant" / "autoencoder.safetensors"))
+    assert src.keys() == new.keys() and all(torch.equal(src[k], new[k]) for k in src)
+    gen_src = load_file(str(tiny_model_dir / "generator.safetensors"))
+    gen_new = load_file(str(tmp_path / "variant" / "generator.safetensors"))
+    assert not all(torch.equal(gen_src[k], gen_new[k]) for k in gen_src if k in gen_new)
+    assert model.cfg.gan.condition == "fill" and len(model.generate("positive", n=2, seed=0)) == 2
+    with pytest.raises(TrainingError, match=r"\[ae\] config differs"):
+        train(tiny_config(corpus_csv, "ae.code_dim=24"), tmp_path / "bad", ae_from=tiny_model_dir, progress=False,
+              log=lambda m: None)

@@ -140,8 +140,8 @@ class Autoencoder(nn.Module):
         return ce, kl, correct, mask.sum()
 
     @torch.no_grad()
-    def generate(self, code: torch.Tensor, max_len: int, greedy: bool = True, temperature: float = 1.0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None, labels=None):
+    def generate(self, code: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
+                 generator: torch.Generator | None = None, labels=None, uniforms=None):
         """Batched decoding from codes (B, C) [and sentiments (B,)]. Returns token lists (without [END]), ended flags."""
         state = self.decoder.initial_state(code)
 
@@ -150,24 +150,34 @@ class Autoencoder(nn.Module):
             logits, state = self.decoder.step(tok, code, state, labels)
             return logits
 
-        return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator)
+        return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator, uniforms)
 
 
-def decode_loop(step, batch: int, max_len: int, device, greedy: bool, temperature: float, top_p: float,
-                generator=None):
+def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top_p, generator=None, uniforms=None):
     """Autoregressive decoding shared by the autoencoder and the LM baseline.
 
     `step(tokens (B,)) -> logits (B, V)` advances the model one token. Stops as soon as every row
-    has produced [END]: no work is wasted on finished batches.
+    has produced [END]: no work is wasted on finished batches. `greedy` (bool or (B,) bools),
+    `temperature` and `top_p` (floats or (B, 1) tensors) may differ per row, so requests with
+    different settings share one batch. `uniforms` (B, max_len): the random numbers of each row's
+    sampling, drawn up front; a row's text then depends on its own numbers only, not on the batch it
+    was decoded in. Without them, `generator` draws them step by step.
     """
     tok = torch.full((batch,), START, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out = torch.full((batch, max_len), PAD, dtype=torch.long, device=device)
+    all_greedy = greedy is True or (torch.is_tensor(greedy) and bool(greedy.all()))
     for t in range(max_len):
         logits = step(tok).float()
         logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
         logits[:, START] = -float("inf")
-        tok = logits.argmax(-1) if greedy else sample_top_p(logits, temperature, top_p, generator)
+        if all_greedy:
+            tok = logits.argmax(-1)
+        else:
+            u = uniforms[:, t:t + 1] if uniforms is not None else None
+            tok = sample_top_p(logits, temperature, top_p, generator, u)
+            if torch.is_tensor(greedy):
+                tok = torch.where(greedy, logits.argmax(-1), tok)
         tok = torch.where(done, torch.full_like(tok, PAD), tok)
         out[:, t] = tok
         done |= tok == END
@@ -182,17 +192,22 @@ def decode_loop(step, batch: int, max_len: int, device, greedy: bool, temperatur
     return rows, ended
 
 
-def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+def sample_top_p(logits: torch.Tensor, temperature, top_p, generator=None, u=None) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+
+    temperature, top_p: floats or (B, 1) tensors; u: (B, 1) uniforms, else drawn from `generator`.
+    """
     probs = F.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
+    if bool(torch.as_tensor(top_p < 1.0).any()):
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # always keeps the most likely token
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     # Inverse-CDF sampling: one uniform per row (torch.multinomial draws one exponential per vocabulary
     # entry, which dominated decoding time). Zero-probability tokens are never picked.
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device).clamp_min_(1e-7)
+    if u is None:
+        u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device)
+    u = u.clamp_min(1e-7)
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:])
     return idx.squeeze(-1).clamp_(max=probs.size(-1) - 1)

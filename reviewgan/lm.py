@@ -45,8 +45,8 @@ class ConditionalLM(nn.Module):
         return ce, ce.new_zeros(()), correct, mask.sum()
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, max_len: int, greedy: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None):
+    def generate(self, labels: torch.Tensor, max_len: int, greedy=False, temperature=1.0, top_p=1.0,
+                 generator: torch.Generator | None = None, uniforms=None):
         """Batched decoding for the given sentiments (B,). Returns token lists (without [END]), ended flags."""
         state = None
 
@@ -55,4 +55,4 @@ class ConditionalLM(nn.Module):
             logits, state = self(tok.unsqueeze(1), labels, state)
             return logits[:, -1]
 
-        return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator)
+        return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator, uniforms)

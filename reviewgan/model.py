@@ -25,6 +25,18 @@ MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
 
 
 @dataclass
+class Request:
+    """One validated generation request (see ReviewGAN.request)."""
+    label: int
+    n: int
+    generator: torch.Generator
+    greedy: bool
+    temperature: float
+    top_p: float
+    max_len: int
+
+
+@dataclass
 class Review:
     sentiment: str
     text: str
@@ -135,13 +147,22 @@ class ReviewGAN:
 
         Decoding defaults come from the model's config (`sample` section).
         """
+        req = self.request(sentiment, n, seed, greedy, temperature, top_p, max_len)
+        out = []
+        for start in range(0, req.n, batch_size):  # each chunk draws on from the request's generator
+            out += self.generate_batch([req], rows=min(batch_size, req.n - start))[0]
+        return out if records else [r.text for r in out]
+
+    def request(self, sentiment="positive", n: int = 1, seed: int | None = None, greedy: bool | None = None,
+                temperature: float | None = None, top_p: float | None = None, max_len: int | None = None) -> Request:
+        """Validate one generation request and fill in the model's decoding defaults."""
         label = parse_sentiment(sentiment)
         if self.generator is None and not self.is_lm:
             raise ModelError(f"{self.path}: this model has no generator yet (train the gan stage)")
         if not 1 <= int(n) <= MAX_GENERATE:
             raise ValueError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
         s = self.cfg.sample
-        greedy = s.greedy if greedy is None else greedy
+        greedy = s.greedy if greedy is None else bool(greedy)
         temperature = s.temperature if temperature is None else float(temperature)
         top_p = s.top_p if top_p is None else float(top_p)
         max_len = self.cfg.data.max_len if max_len is None else int(max_len)
@@ -149,19 +170,44 @@ class ReviewGAN:
             raise ValueError("temperature must be > 0, top_p in (0, 1], max_len in 1..4096")
         g = torch.Generator(device=self.device)
         g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, (1,)).item()))
-        out = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            labels = torch.full((b,), label, dtype=torch.long, device=self.device)
-            if self.is_lm:
-                rows, ended = self.autoencoder.generate(labels, max_len, greedy, temperature, top_p, g)
-            else:
-                z = torch.randn(b, self.cfg.gan.noise_dim, generator=g, device=self.device)
-                with torch.no_grad():
-                    codes = self.generator(z, labels)
-                rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g, labels)
-            out += self._reviews(rows, ended, SENTIMENTS[label])
-        return out if records else [r.text for r in out]
+        return Request(label, int(n), g, greedy, temperature, top_p, max_len)
+
+    @torch.no_grad()
+    def generate_batch(self, requests: list[Request], rows: int | None = None) -> list[list[Review]]:
+        """Decode several requests as one batch (the server's micro-batching).
+
+        Each request draws its noise and its sampling numbers from its own generator, up front, so its
+        reviews are the same whether it is decoded alone or beside others (up to the last bit of the
+        floating-point sums, which some hardware orders differently for different batch sizes).
+        `rows`: draw this many reviews per request instead of request.n.
+        """
+        dev, max_len = self.device, max(r.max_len for r in requests)
+        counts = [rows or r.n for r in requests]
+        z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
+        for r, b in zip(requests, counts):
+            if not self.is_lm:
+                z.append(torch.randn(b, self.cfg.gan.noise_dim, generator=r.generator, device=dev))
+            u.append(torch.rand(b, r.max_len, generator=r.generator, device=dev))
+            u[-1] = torch.nn.functional.pad(u[-1], (0, max_len - r.max_len), value=0.5)
+            labels += [r.label] * b
+            temp += [r.temperature] * b
+            top_p += [r.top_p] * b
+            greedy += [r.greedy] * b
+        labels = torch.tensor(labels, dtype=torch.long, device=dev)
+        kw = dict(greedy=torch.tensor(greedy, device=dev), temperature=torch.tensor(temp, device=dev)[:, None],
+                  top_p=torch.tensor(top_p, device=dev)[:, None], uniforms=torch.cat(u))
+        if self.is_lm:
+            ids, ended = self.autoencoder.generate(labels, max_len, **kw)
+        else:
+            codes = self.generator(torch.cat(z), labels)
+            ids, ended = self.autoencoder.generate(codes, max_len, labels=labels, **kw)
+        out, i = [], 0
+        for r, b in zip(requests, counts):
+            # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
+            rows_ = [(x[:r.max_len], e and len(x) < r.max_len) for x, e in zip(ids[i:i + b], ended[i:i + b])]
+            out.append(self._reviews([x for x, _ in rows_], [e for _, e in rows_], SENTIMENTS[r.label]))
+            i += b
+        return out
 
     def _reviews(self, rows, ended, sentiment):
         return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]

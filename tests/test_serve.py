@@ -68,3 +68,16 @@ def test_bounded_load_script_on_loopback(tiny_model_dir):
     from reviewgan.loadtest import run
     r = run(tiny_model_dir, requests=40, concurrency=8, n=2)
     assert r["errors"] == 0 and r["requests"] == 40 and 0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"]
+
+
+def test_requests_that_queue_up_share_one_decode(tiny_model_dir):
+    from reviewgan.serve import Batcher
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    reqs = [dict(sentiment=("positive", "negative")[i % 2], n=1 + i % 3, seed=i, temperature=0.5 + i / 20,
+                 top_p=1.0 if i % 4 else 0.9, greedy=i % 5 == 0) for i in range(24)]
+    alone = [model.generate(**r, records=True) for r in reqs]
+    batcher = Batcher(model)
+    futures = [batcher.submit(model.request(**r)) for r in reqs]
+    assert [f.result(timeout=60) for f in futures] == alone  # batching changes nothing a request sees
+    assert batcher.requests == 24 and batcher.batches < 24
+    batcher.close()

@@ -160,3 +160,13 @@ def test_gan_variant_on_another_runs_autoencoder(corpus_csv, tiny_model_dir, tmp
     with pytest.raises(TrainingError, match=r"\[ae\] config differs"):
         train(tiny_config(corpus_csv, "ae.code_dim=24"), tmp_path / "bad", ae_from=tiny_model_dir, progress=False,
               log=lambda m: None)
+
+
+def test_a_batch_of_requests_equals_each_request_alone(tiny_model_dir):
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    reqs = [dict(sentiment="positive", n=3, seed=1, temperature=0.7), dict(sentiment="negative", n=2, seed=2, greedy=True),
+            dict(sentiment="negative", n=4, seed=3, temperature=1.3, top_p=0.8), dict(sentiment="positive", n=1, seed=4,
+            temperature=1.0, max_len=5)]
+    together = model.generate_batch([model.request(**r) for r in reqs])
+    assert together == [model.generate(**r, records=True) for r in reqs]
+    assert all(r.tokens <= 5 for r in together[3]) and together[0] != together[2]

@@ -93,7 +93,8 @@ def cmd_evaluate(args) -> int:
     if args.samples and (args.real or args.sweep):
         raise ValueError("--samples measures the reviews in a file: it does not combine with --real or --sweep")
     result = evaluate(args.model, n=args.n, seed=args.seed, greedy=greedy, temperature=args.temperature,
-                      top_p=args.top_p, real=args.real, log=log, samples=args.samples, save_samples=args.save_samples)
+                      top_p=args.top_p, real=args.real, log=log, samples=args.samples, save_samples=args.save_samples,
+                      max_len=args.max_len)
     if args.out and args.samples:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature", type=float, help="sample with this temperature instead of the default decoding")
     e.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     e.add_argument("--greedy", action="store_true", help="greedy decoding")
+    e.add_argument("--max-len", type=int, help="token budget per review (default: the model's sample.max_len)")
     e.add_argument("--samples", help="measure the reviews in this JSONL file (from --save-samples or generate "
                    "--format jsonl) instead of generating; --model then needs only config.json and tokenizer.json")
     e.add_argument("--save-samples", metavar="FILE", help="also write the measured reviews to this JSONL file")

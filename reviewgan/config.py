@@ -95,6 +95,7 @@ class SampleConfig:
     greedy: bool = True  # argmax decoding as in the paper; diversity then comes from the generator's noise
     temperature: float = 1.0  # sampling only
     top_p: float = 1.0  # sampling only: nucleus size
+    max_len: int = 0  # most tokens a review may take before it is cut off (0 = data.max_len, the training length)
 
 
 @dataclass

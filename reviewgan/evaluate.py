@@ -153,7 +153,7 @@ def read_samples(path: str | Path) -> list[Review]:
 
 
 def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=None, temperature=None, top_p=None,
-             real: bool = False, log=print, embedder="auto", samples=None, save_samples=None) -> dict:
+             real: bool = False, log=print, embedder="auto", samples=None, save_samples=None, max_len=None) -> dict:
     """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead.
 
     `samples`: measure the reviews in this JSONL file instead of generating them (reviews generated on
@@ -193,7 +193,7 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
             recs = []
             for k, s in enumerate(("positive", "negative")):
                 recs += model.generate(s, n=half, seed=seed + k, greedy=greedy, temperature=temperature, top_p=top_p,
-                                       records=True)
+                                       max_len=max_len, records=True)
             source = f"{model.cfg.preset} ({model.cfg.model})"
         if save_samples is not None:
             Path(save_samples).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
@@ -205,6 +205,11 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
               "judge_acc_real": ys.judge.accuracy(ys.test_texts, ys.test_labels),
               "real_mean_tokens": float(np.mean([len(x) - 1 for x in ys.data.units["test"].ids]))}
     result.update(text_metrics(texts, ids, ended, labels, ys, model.tokenizer.vocab_size, emb, notes))
+    # Reviews that ended within the training length (tokens + [END] <= data.max_len), whatever the budget.
+    L = model.cfg.data.max_len
+    result["end_frac_within_train_len"] = float(np.mean([e and len(x) + 1 <= L for x, e in zip(ids, ended)]))
+    if not real and samples is None:
+        result["decode_max_len"] = int(max_len or model.cfg.sample.max_len or L)
     result["recon_token_acc"] = result["recon_bleu4"] = None
     if model.autoencoder is not None and not model.is_lm and not real:
         test = ys.data.units["test"]

@@ -165,7 +165,7 @@ class ReviewGAN:
         greedy = s.greedy if greedy is None else bool(greedy)
         temperature = s.temperature if temperature is None else float(temperature)
         top_p = s.top_p if top_p is None else float(top_p)
-        max_len = self.cfg.data.max_len if max_len is None else int(max_len)
+        max_len = (s.max_len or self.cfg.data.max_len) if max_len is None else int(max_len)
         if temperature <= 0 or not 0 < top_p <= 1 or not 1 <= max_len <= 4096:
             raise ValueError("temperature must be > 0, top_p in (0, 1], max_len in 1..4096")
         g = torch.Generator(device=self.device)

@@ -170,3 +170,10 @@ def test_a_batch_of_requests_equals_each_request_alone(tiny_model_dir):
     together = model.generate_batch([model.request(**r) for r in reqs])
     assert together == [model.generate(**r, records=True) for r in reqs]
     assert all(r.tokens <= 5 for r in together[3]) and together[0] != together[2]
+
+
+def test_sample_max_len_is_the_default_budget(tiny_model_dir):
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    model.cfg.sample.max_len = 4
+    assert all(r.tokens <= 4 for r in model.generate("negative", n=8, seed=0, records=True))
+    assert any(r.tokens > 4 for r in model.generate("negative", n=8, seed=0, max_len=24, records=True))

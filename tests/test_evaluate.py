@@ -36,6 +36,23 @@ def test_evaluate_json_has_every_metric(capsys, tiny_model_dir, tmp_path):
     assert {k: again[k] for k in KEYS} == {k: r[k] for k in KEYS}
 
 
+def test_saved_reviews_measure_the_same_elsewhere(capsys, tiny_model_dir, tmp_path):
+    # --save-samples on one machine, --samples on another that holds only config.json + tokenizer.json
+    saved = tmp_path / "reviews.jsonl"
+    a = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--n", "40", "--json", "--save-samples", str(saved))
+    assert len(saved.read_text().splitlines()) == 40
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (spec / name).write_bytes((tiny_model_dir / name).read_bytes())
+    b = run_json(capsys, "evaluate", "--model", str(spec), "--samples", str(saved), "--json")
+    text_keys = [k for k in KEYS if k != "recon_token_acc"]
+    assert {k: b[k] for k in text_keys} == {k: a[k] for k in text_keys}
+    assert b["recon_token_acc"] is None and "weights" in b["notes"]["recon_token_acc"]
+    saved.write_text('{"sentiment": "neutral", "text": "x"}\n')
+    assert main(["evaluate", "--model", str(spec), "--samples", str(saved)]) == 2
+
+
 def test_real_reviews_row_is_the_target(capsys, tiny_model_dir):
     r = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--n", "40", "--json", "--real")
     # the synthetic corpus is trivially separable: the judge reads real reviews right, and they all end

@@ -167,6 +167,8 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         try:
             model = ReviewGAN.from_pretrained(path)
         except ModelError:  # config + tokenizer are enough to measure text
+            if path is None:
+                raise
             cfg, tok, _ = load_spec(path)
             model = SimpleNamespace(cfg=cfg, tokenizer=tok, path=path, is_lm=None, autoencoder=None)
     else:

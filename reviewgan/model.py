@@ -204,8 +204,9 @@ class ReviewGAN:
         out, i = [], 0
         for r, b in zip(requests, counts):
             # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
-            rows_ = [(x[:r.max_len], e and len(x) < r.max_len) for x, e in zip(ids[i:i + b], ended[i:i + b])]
-            out.append(self._reviews([x for x, _ in rows_], [e for _, e in rows_], SENTIMENTS[r.label]))
+            cut = [x[:r.max_len] for x in ids[i:i + b]]
+            ends = [e and len(x) < r.max_len for x, e in zip(ids[i:i + b], ended[i:i + b])]
+            out.append(self._reviews(cut, ends, SENTIMENTS[r.label]))
             i += b
         return out
 

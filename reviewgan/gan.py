@@ -105,13 +105,21 @@ def sentiment_loss(logit: torch.Tensor, labels: torch.Tensor, kind: str) -> torc
 
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor,
                      eps: torch.Tensor | None = None) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al.): (||grad_x D(x_hat)||_2 - 1)^2 per sample, on random interpolates."""
+    """WGAN-GP (Gulrajani et al.) on random interpolates of real and fake codes, in a pass of its own."""
+    x_hat = interpolates(real, fake, eps)
+    return penalty(critic(x_hat, labels)[0], x_hat)
+
+
+def interpolates(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     if eps is None:
         eps = torch.rand(real.size(0), 1, device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    score, _ = critic(x_hat, labels)
-    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
-    return (grad.norm(2, dim=1) - 1).pow(2).mean()  # norm per sample, not of the whole batch
+    return (eps * real + (1 - eps) * fake).requires_grad_(True)
+
+
+def penalty(scores: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """(||grad_x D(x_hat)||_2 - 1)^2 per sample (not of the whole batch), from the interpolates' scores."""
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return (grad.norm(2, dim=1) - 1).pow(2).mean()
 
 
 @torch.no_grad()
@@ -131,9 +139,7 @@ def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANCo
     """
     gp_on = cfg.lipschitz == "gp"
     if gp_on:
-        if eps is None:
-            eps = torch.rand(real.size(0), 1, device=real.device, dtype=real.dtype)
-        x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)  # interpolates carry the real labels
+        x_hat = interpolates(real, fake, eps)  # interpolates carry the real labels
     if fused:
         codes, labels = [real, fake], [real_labels, fake_labels]
         if gp_on:
@@ -153,10 +159,8 @@ def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANCo
         cls = 0.5 * (cls + sentiment_loss(logit_fake, fake_labels, cfg.cls_loss))
     loss = -wdist + cfg.cls_weight * cls
     gp = torch.zeros((), device=real.device)
-    if gp_on:
-        # WGAN-GP (Gulrajani et al.): (||grad_x D(x_hat)||_2 - 1)^2 per sample, not of the whole batch.
-        (grad,) = torch.autograd.grad(s_hat.sum(), x_hat, create_graph=True)
-        gp = (grad.norm(2, dim=1) - 1).pow(2).mean()
+    if gp_on:  # WGAN-GP (Gulrajani et al.)
+        gp = penalty(s_hat, x_hat)
         loss = loss + cfg.gp_weight * gp
     acc = ((logit_real > 0).long() == real_labels).float().mean()
     return loss, {"c_loss": loss.detach(), "wdist": wdist.detach(), "c_cls": cls.detach(), "gp": gp.detach(), "c_acc": acc}

@@ -138,30 +138,28 @@ def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANCo
     launches a third of them.
     """
     gp_on = cfg.lipschitz == "gp"
-    if gp_on:
-        x_hat = interpolates(real, fake, eps)  # interpolates carry the real labels
+    gp = torch.zeros((), device=real.device)
     if fused:
         codes, labels = [real, fake], [real_labels, fake_labels]
         if gp_on:
+            x_hat = interpolates(real, fake, eps)
             codes.append(x_hat)
-            labels.append(real_labels)
+            labels.append(real_labels)  # interpolates carry the real labels
         scores, logits = critic(torch.cat(codes), torch.cat(labels))
         B = real.size(0)
         s_real, s_fake, logit_real, logit_fake = scores[:B], scores[B:2 * B], logits[:B], logits[B:2 * B]
-        s_hat = scores[2 * B:]
+        if gp_on:
+            gp = penalty(scores[2 * B:], x_hat)
     else:  # the straightforward way (bench's baseline): a pass per kind of input
         s_real, logit_real = critic(real, real_labels)
         s_fake, logit_fake = critic(fake, fake_labels)
-        s_hat = critic(x_hat, real_labels)[0] if gp_on else None
+        if gp_on:
+            gp = gradient_penalty(critic, real, fake, real_labels, eps)
     wdist = s_real.mean() - s_fake.mean()
     cls = sentiment_loss(logit_real, real_labels, cfg.cls_loss)
     if cfg.cls_on_fake:
         cls = 0.5 * (cls + sentiment_loss(logit_fake, fake_labels, cfg.cls_loss))
-    loss = -wdist + cfg.cls_weight * cls
-    gp = torch.zeros((), device=real.device)
-    if gp_on:  # WGAN-GP (Gulrajani et al.)
-        gp = penalty(s_hat, x_hat)
-        loss = loss + cfg.gp_weight * gp
+    loss = -wdist + cfg.cls_weight * cls + cfg.gp_weight * gp  # WGAN-GP (Gulrajani et al.); gp = 0 when clipping
     acc = ((logit_real > 0).long() == real_labels).float().mean()
     return loss, {"c_loss": loss.detach(), "wdist": wdist.detach(), "c_cls": cls.detach(), "gp": gp.detach(), "c_acc": acc}
 

@@ -5,8 +5,10 @@ timings on shared machines are noisy).
 - autoencoder training: real (non-padding) tokens/s; optimised = length-bucketed batches + bf16
   autocast + fused Adam; baseline = fp32, every batch padded to max_len, random batches, plain Adam
 - GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks);
-  optimised = one critic pass over real, fake and interpolates + fused Adam; baseline = a pass per
-  input kind + per-parameter Adam
+  baseline = a fake batch per critic step, a critic pass per input kind, autograd, per-parameter
+  Adam; eager = train.py's loop uncompiled: the n_critic fake batches in one generator pass, one
+  critic pass over real, fake and interpolates, fused Adam; compiled = the same loop with each step
+  one torch.compile graph (gan.GANSteps), the optimised figure unless --quick or compilation fails
 - generation: 1000 reviews per sentiment, batched vs one at a time
 - peak resident memory of a training step and of generation (each in a fresh process)
 """
@@ -24,7 +26,7 @@ import torch
 from .autoencoder import Autoencoder
 from .config import Config, apply_overrides, load_preset
 from .data import Units, iterate_batches
-from .gan import Critic, Generator, critic_loss, generator_loss
+from .gan import Critic, GANSteps, Generator, critic_loss, generator_loss
 
 # --------------------------------------------------------------------------- helpers
 
@@ -123,37 +125,59 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, de
 # --------------------------------------------------------------------------- GAN
 
 
-def bench_gan(cfg: Config, optimised: bool, iters: int, device=torch.device("cpu")) -> float:
+def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) -> dict:
+    """Iterations/s of stage 2. mode: baseline | eager | compiled (see the module docstring).
+
+    -> {"iters_per_s", "warmup_s"}; warmup_s is the first two iterations, compilation included.
+    """
     torch.manual_seed(0)
     g = Generator(cfg.gan, cfg.ae.code_dim, "l2").to(device)
     c = Critic(cfg.gan, cfg.ae.code_dim).to(device)
-    kw = {"fused": True} if optimised else {"foreach": False}
+    kw = {"foreach": False} if mode == "baseline" else {"fused": True}
     og = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
     oc = torch.optim.Adam(c.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
+    steps = GANSteps(g, c, cfg.gan, compile=mode == "compiled", log=lambda msg: None)
     codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim, device=device), dim=-1)
     labels = torch.randint(0, 2, (4096,), device=device)
-    B = cfg.gan.batch_size
+    B, K = cfg.gan.batch_size, cfg.gan.n_critic
 
-    def iteration():
-        for _ in range(cfg.gan.n_critic):
+    def baseline_iteration():  # the straightforward loop: a fake batch, three critic passes, autograd
+        for _ in range(K):
             idx = torch.randint(0, len(codes), (B,), device=device)
             y = labels[idx]
             with torch.no_grad():
                 fake = g(torch.randn(B, cfg.gan.noise_dim, device=device), y)
-            loss, _ = critic_loss(c, codes[idx], labels[idx], fake, y, cfg.gan, fused=optimised)
+            loss, _ = critic_loss(c, codes[idx], y, fake, y, cfg.gan, fused=False)
             oc.zero_grad(set_to_none=True); loss.backward(); oc.step()
         y = torch.randint(0, 2, (B,), device=device)
         loss, _ = generator_loss(c, g(torch.randn(B, cfg.gan.noise_dim, device=device), y), y, cfg.gan)
         og.zero_grad(set_to_none=True); loss.backward(); og.step()
 
+    def iteration():  # train.py's loop
+        idx = torch.randint(0, len(codes), (K, B), device=device)
+        y = labels[idx]
+        fakes = steps.fake(torch.randn(K * B, cfg.gan.noise_dim, device=device), y.flatten()).view(K, B, -1)
+        eps = torch.rand(K, B, 1, device=device)
+        for k in range(K):
+            steps.critic_step(codes[idx[k]], y[k], fakes[k], y[k], eps[k])
+            oc.step()
+        y = torch.randint(0, 2, (B,), device=device)
+        steps.generator_step(torch.randn(B, cfg.gan.noise_dim, device=device), y)
+        og.step()
+
+    step = baseline_iteration if mode == "baseline" else iteration
+    t0 = time.perf_counter()
     for _ in range(2):
-        iteration()
+        step()
     sync(device)
+    warmup = time.perf_counter() - t0
+    if mode == "compiled" and not steps.compiled:
+        return {"iters_per_s": float("nan"), "warmup_s": warmup}  # compilation failed on this machine
     t0 = time.perf_counter()
     for _ in range(iters):
-        iteration()
+        step()
     sync(device)
-    return iters / (time.perf_counter() - t0)
+    return {"iters_per_s": iters / (time.perf_counter() - t0), "warmup_s": warmup}
 
 
 # --------------------------------------------------------------------------- generation
@@ -189,7 +213,7 @@ def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
     cfg = Config.from_dict(cfg_dict)
     if kind == "train":
         bench_autoencoder(cfg, synthetic_units(cfg, 256), True, 2)
-        bench_gan(cfg, True, 1)
+        bench_gan(cfg, "eager", 1)
     else:
         bench_generation(cfg, 1000, 1)
     q.put(_peak_rss_mib())
@@ -249,10 +273,19 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
                   ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
                   baseline_padding_frac=base["padding_frac"],
                   mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
-    log("GAN training: optimised vs straightforward eager...")
-    result["gan_iters_per_s"] = bench_gan(cfg, True, iters, dev)
-    result["gan_baseline_iters_per_s"] = bench_gan(cfg, False, iters, dev)
-    result["gan_speedup"] = result["gan_iters_per_s"] / result["gan_baseline_iters_per_s"]
+    log("GAN training: compiled and eager vs straightforward eager" + (" (compilation skipped: --quick)" if quick else
+                                                                        " (compiling takes about a minute)..."))
+    base = bench_gan(cfg, "baseline", iters, dev)
+    eager = bench_gan(cfg, "eager", iters, dev)
+    comp = {"iters_per_s": float("nan"), "warmup_s": float("nan")} if quick else bench_gan(cfg, "compiled", iters * 3, dev)
+    result["gan_baseline_iters_per_s"] = base["iters_per_s"]
+    result["gan_eager_iters_per_s"] = eager["iters_per_s"]
+    compiled_ok = math.isfinite(comp["iters_per_s"])
+    result["gan_compiled_iters_per_s"] = comp["iters_per_s"] if compiled_ok else None  # None: not measured
+    result["gan_compile_s"] = comp["warmup_s"] if compiled_ok else None
+    result["gan_optimised"] = "compiled" if compiled_ok else "eager"
+    result["gan_iters_per_s"] = comp["iters_per_s"] if compiled_ok else eager["iters_per_s"]
+    result["gan_speedup"] = result["gan_iters_per_s"] / base["iters_per_s"]
     log("generation: batched vs one at a time...")
     gen = bench_generation(cfg, 100 if quick else 1000, single, dev)
     result.update(gen, gen_speedup=gen["gen_one_at_a_time_1000_s"] / gen["gen_1000_s"])
@@ -270,7 +303,10 @@ def format_table(r: dict) -> str:
          f"{r['ae_speedup']:.2f}x"),
         ("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", ""),
         ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s bf16", "", ""),
-        ("GAN training", f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
+        ("GAN training" + (" (compiled)" if r.get("gan_optimised") == "compiled" else ""),
+         f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
+        ("  eager (no compiler needed)", f"{r['gan_eager_iters_per_s']:.2f} it/s", "",
+         f"{r['gan_eager_iters_per_s'] / r['gan_baseline_iters_per_s']:.2f}x"),
         ("generation, 1000 reviews", f"{r['gen_1000_s']:.2f} s", f"{r['gen_one_at_a_time_1000_s']:.1f} s",
          f"{r['gen_speedup']:.1f}x"),
         ("peak RSS: training / generation", f"{r['train_peak_rss_mb']:,.0f} / {r['gen_peak_rss_mb']:,.0f} MB", "", ""),

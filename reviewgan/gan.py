@@ -155,6 +155,11 @@ def critic_loss(critic: Critic, real, real_labels, fake, fake_labels, cfg: GANCo
         s_fake, logit_fake = critic(fake, fake_labels)
         if gp_on:
             gp = gradient_penalty(critic, real, fake, real_labels, eps)
+    return critic_objective(s_real, s_fake, logit_real, logit_fake, real_labels, fake_labels, gp, cfg)
+
+
+def critic_objective(s_real, s_fake, logit_real, logit_fake, real_labels, fake_labels, gp, cfg: GANConfig):
+    """The critic's loss from its outputs: -W estimate + sentiment loss + penalty. -> (loss, parts)."""
     wdist = s_real.mean() - s_fake.mean()
     cls = sentiment_loss(logit_real, real_labels, cfg.cls_loss)
     if cfg.cls_on_fake:
@@ -170,3 +175,121 @@ def generator_loss(critic: Critic, fake, fake_labels, cfg: GANConfig):
     cls = sentiment_loss(logit_fake, fake_labels, cfg.cls_loss)
     loss = -s_fake.mean() + cfg.cls_weight * cls
     return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}
+
+
+class GANSteps:
+    """Stage 2's three computations, each set up to run eagerly or as one compiled graph:
+
+        fake(z, labels)                              generated codes, no gradients
+        critic_step(real, y_real, fake, y_fake, eps)  fills the critic's .grad, returns the loss parts
+        generator_step(z, labels)                    fills the generator's .grad, returns the loss parts
+
+    Eager, they are `critic_loss` (one fused pass) and `generator_loss` with autograd. Compiled
+    (`train.compile`), each step's loss is written as a pure function of the parameters
+    (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
+    gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
+    backward into one graph: eager autograd cannot be compiled across that double backward. A
+    step of this deep, narrow MLP is ~2,000 tiny kernels whose launch costs dominate; compiled, the
+    pointwise work is fused and the Python and autograd overhead is gone (docs/PERFORMANCE.md).
+    Both ways compute the same gradients (tests/test_gan.py). Compiling takes about a minute on a
+    2-core CPU and needs a C++ compiler; if it fails, the steps fall back to eager with a warning.
+    """
+
+    def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig, compile: bool = False,
+                 functional: bool | None = None, log=print):
+        self.gen, self.critic, self.cfg, self.log = gen, critic, cfg, log
+        # functional: the torch.func losses, compiled or not (uncompiled they are slower than
+        # autograd, and serve to test that both ways give the same gradients).
+        self.compiled = compile
+        self.functional = compile if functional is None else functional
+        if self.functional:
+            from torch.func import grad_and_value
+            wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
+            self._fake_fn = wrap(self._functional_fake)
+            self._critic_fn = wrap(grad_and_value(self._functional_critic_loss, has_aux=True))
+            self._gen_fn = wrap(grad_and_value(self._functional_generator_loss, has_aux=True))
+
+    # -- the steps
+
+    def fake(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.functional:
+                out = self._try(lambda: self._fake_fn(dict(self.gen.named_parameters()), z, labels))
+                if out is not None:
+                    return out
+            return self.gen(z, labels)
+
+    def critic_step(self, real, real_labels, fake, fake_labels, eps, scale: float = 1.0) -> dict:
+        """Gradients of `scale` x the critic loss into critic .grad (scale = 1/processes under torchrun)."""
+        if self.functional:
+            params = dict(self.critic.named_parameters())
+            out = self._try(lambda: self._critic_fn(params, real, real_labels, fake, fake_labels, eps))
+            if out is not None:
+                grads, (_, parts) = out
+                self._set_grads(params, grads, scale)
+                return parts
+        loss, parts = critic_loss(self.critic, real, real_labels, fake, fake_labels, self.cfg, eps)
+        self.critic.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        return parts
+
+    def generator_step(self, z, labels, scale: float = 1.0) -> dict:
+        """Gradients of `scale` x the generator loss into generator .grad; the critic's .grad is left alone."""
+        if self.functional:
+            params = dict(self.gen.named_parameters())
+            critic_params = {k: v.detach() for k, v in self.critic.named_parameters()}
+            out = self._try(lambda: self._gen_fn(params, critic_params, z, labels))
+            if out is not None:
+                grads, (_, parts) = out
+                self._set_grads(params, grads, scale)
+                return parts
+        loss, parts = generator_loss(self.critic, self.gen(z, labels), labels, self.cfg)
+        self.gen.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        self.critic.zero_grad(set_to_none=True)  # the critic is not trained by this loss
+        return parts
+
+    # -- the pure functions torch.func differentiates
+
+    def _functional_fake(self, params, z, labels):
+        return torch.func.functional_call(self.gen, params, (z, labels))
+
+    def _functional_critic_loss(self, params, real, real_labels, fake, fake_labels, eps):
+        def critic(x, labels):
+            return torch.func.functional_call(self.critic, params, (x, labels))
+
+        gp = torch.zeros((), device=real.device)
+        if self.cfg.lipschitz == "gp":
+            x_hat = eps * real + (1 - eps) * fake  # interpolates carry the real labels, as in critic_loss
+            grad_x = torch.func.grad(lambda x: critic(x, real_labels)[0].sum())(x_hat)
+            gp = (grad_x.norm(2, dim=1) - 1).pow(2).mean()
+        B = real.size(0)
+        scores, logits = critic(torch.cat([real, fake]), torch.cat([real_labels, fake_labels]))
+        loss, parts = critic_objective(scores[:B], scores[B:], logits[:B], logits[B:], real_labels, fake_labels, gp,
+                                       self.cfg)
+        return loss, parts  # grad_and_value(has_aux=True) -> (grads, (loss, parts))
+
+    def _functional_generator_loss(self, params, critic_params, z, labels):
+        fake = torch.func.functional_call(self.gen, params, (z, labels))
+        s_fake, logit_fake = torch.func.functional_call(self.critic, critic_params, (fake, labels))
+        cls = sentiment_loss(logit_fake, labels, self.cfg.cls_loss)
+        loss = -s_fake.mean() + self.cfg.cls_weight * cls  # = generator_loss
+        return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}
+
+    # -- helpers
+
+    @staticmethod
+    def _set_grads(params: dict, grads: dict, scale: float) -> None:
+        for name, p in params.items():
+            p.grad = grads[name] * scale if scale != 1.0 else grads[name]
+
+    def _try(self, fn):
+        try:
+            return fn()
+        except Exception as e:  # no C++ compiler, an unsupported backend: train eagerly instead
+            if not self.compiled:
+                raise
+            self.compiled = self.functional = False
+            self.log(f"torch.compile of the GAN steps failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                     "training eagerly")
+            return None

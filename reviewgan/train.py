@@ -28,7 +28,7 @@ from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointWriter, load_optimize
 from .config import Config
 from .data import (SENTIMENTS, Units, iterate_batches, length_stats, limit_records, load_records, make_units,
                    opinion_filter, sentences_of, split_records)
-from .gan import clip_weights_, critic_loss, generator_loss
+from .gan import GANSteps, clip_weights_
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device, stage1_file
 from .tokenizer import PAD, Tokenizer
@@ -320,34 +320,36 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
         run.save(data.tokenizer, ae, gen, critic, {"gen_optim": opt_g, "critic_optim": opt_c},
                  {"torch": torch.get_rng_state(), "gan": g.get_state()}, metrics)
 
+    steps = GANSteps(gen, critic, gcfg, compile=cfg.train.compile, log=run.log)
+    if cfg.train.compile:
+        run.log("compiling the GAN steps (about a minute on a 2-core CPU)")
     gen.train(); critic.train()
     bar = tqdm(total=gcfg.steps, initial=st["step"], desc="gan", disable=not progress, dynamic_ncols=True)
     metrics, t0, done0 = {}, time.perf_counter(), st["step"]
     while st["step"] < gcfg.steps:
-        # (1) update the critic n_critic times on real codes vs generated codes
+        # (1) update the critic n_critic times on real codes vs generated codes.
+        # Every process draws the same global batches and keeps its slice (see dist.py).
+        draws = []
         for _ in range(gcfg.n_critic):
-            # Every process draws the same global batch and keeps its slice (see dist.py).
             idx = torch.randint(0, N, (B,), generator=g, device=device)
             z = torch.randn(B, gcfg.noise_dim, generator=g, device=device)  # fresh Gaussian noise every step
             eps = torch.rand(B, 1, generator=g, device=device)  # gradient-penalty interpolation weights
-            idx, z, eps = (dist.shard(t) for t in (idx, z, eps))
-            y = labels[idx]  # fakes get the real batch's sentiments: label effects cancel in the W estimate
-            with torch.no_grad():
-                fake = gen(z, y)
-            c_loss, c_parts = critic_loss(critic, codes[idx], y, fake, y, gcfg, eps)
-            check_finite(c_loss.item(), "GAN critic loss", st["step"] + 1)
-            opt_c.zero_grad(set_to_none=True)
-            (c_loss / world).backward()  # equal slices: summed gradients = the global batch's mean
+            draws.append(tuple(dist.shard(t) for t in (idx, z, eps)))
+        # The generator does not change during the critic steps, so their fakes come from one pass.
+        # Fakes get the real batch's sentiments: label effects cancel in the W estimate.
+        fakes = steps.fake(torch.cat([z for _, z, _ in draws]), torch.cat([labels[idx] for idx, _, _ in draws]))
+        for (idx, _, eps), fake in zip(draws, fakes.split(len(draws[0][0]))):  # this process's slices
+            y = labels[idx]
+            c_parts = steps.critic_step(codes[idx], y, fake, y, eps, scale=1 / world)  # equal slices: summed
+            check_finite(c_parts["c_loss"].item(), "GAN critic loss", st["step"] + 1)  # grads = global mean
             dist.sum_gradients(critic.parameters())
             opt_c.step()
             if gcfg.lipschitz == "clip":
                 clip_weights_(critic, gcfg.clip_value)
         # (2) update the generator once
         z, y = (dist.shard(t) for t in sample_fake(B))
-        g_loss, g_parts = generator_loss(critic, gen(z, y), y, gcfg)
-        check_finite(g_loss.item(), "GAN generator loss", st["step"] + 1)
-        opt_g.zero_grad(set_to_none=True)
-        (g_loss / world).backward()
+        g_parts = steps.generator_step(z, y, scale=1 / world)
+        check_finite(g_parts["g_loss"].item(), "GAN generator loss", st["step"] + 1)
         dist.sum_gradients(gen.parameters())
         opt_g.step()
         st["step"] += 1
@@ -384,6 +386,9 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
 # --------------------------------------------------------------------------- entry point
 
 
+MACHINE_SETTINGS = ("device", "threads", "compile")  # train.* keys that change speed, not results
+
+
 def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Config, bool]:
     """Decide what to do with `out`. Returns the config to use and whether earlier work is reused."""
     out = Path(out)
@@ -403,9 +408,10 @@ def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Co
         return cfg, False
     recover(out)
     saved = Config.from_dict(read_model_config(out)["config"])
-    # Where a run trains (device, threads) is not part of its recipe: stage 1 may run on a GPU and
-    # stage 2, or a resumed run, on a CPU. The current machine's settings win.
-    saved.train.device, saved.train.threads = cfg.train.device, cfg.train.threads
+    # How a run trains (device, threads, compilation) is not part of its recipe: stage 1 may run on
+    # a GPU and stage 2, or a resumed run, on a CPU. The current machine's settings win.
+    for key in MACHINE_SETTINGS:
+        setattr(saved.train, key, getattr(cfg.train, key))
     if resume:
         if saved.to_dict() != cfg.to_dict():
             log("resuming with the run's saved config (the given preset/overrides are ignored)")

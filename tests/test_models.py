@@ -200,3 +200,90 @@ def test_sampling_follows_the_distribution_and_skips_impossible_tokens():
     draws = sample_top_p(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
     counts = torch.bincount(draws, minlength=4).float() / 4000
     assert counts[0] == 0 and counts[2] == 0 and abs(counts[3] - 0.8) < 0.03
+
+
+def _gan_pair(cfg, seed=0):
+    torch.manual_seed(seed)
+    gen, critic = Generator(cfg, 16, "l2"), Critic(cfg, 16)
+    if critic.proj is not None:
+        torch.nn.init.normal_(critic.proj.weight)  # a non-zero projection, so the labels matter
+    return gen, critic
+
+
+def _step_grads(steps, gen, critic, real, yr, fake, yf, eps, z, yz):
+    c_parts = steps.critic_step(real, yr, fake, yf, eps, scale=0.5)
+    c_grads = [p.grad.clone() for p in critic.parameters()]
+    g_parts = steps.generator_step(z, yz, scale=0.5)
+    g_grads = [p.grad.clone() for p in gen.parameters()]
+    return c_parts, c_grads, g_parts, g_grads
+
+
+def _gan_inputs():
+    torch.manual_seed(1)
+    real = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    return (real, torch.tensor([0, 1, 1, 0, 1, 0]), torch.nn.functional.normalize(torch.randn(6, 16), dim=-1),
+            torch.tensor([1, 0, 0, 0, 1, 1]), torch.rand(6, 1), torch.randn(6, 8), torch.tensor([1, 0, 1, 1, 0, 0]))
+
+
+def _assert_same_steps(a, b, atol):
+    (ca, gca, ga, gga), (cb, gcb, gb, ggb) = a, b
+    for k in ("c_loss", "wdist", "c_cls", "gp"):
+        assert torch.allclose(ca[k], cb[k], atol=atol), k
+    assert torch.allclose(ga["g_loss"], gb["g_loss"], atol=atol)
+    assert all(torch.allclose(x, y, atol=atol) for x, y in zip(gca, gcb))
+    assert all(torch.allclose(x, y, atol=atol) for x, y in zip(gga, ggb))
+    assert any(x.abs().sum() > 0 for x in gca) and any(x.abs().sum() > 0 for x in gga)
+
+
+def test_functional_gan_steps_match_autograd():
+    # The torch.func losses (what train.compile compiles) must give autograd's losses and gradients,
+    # gradient-of-a-gradient penalty included, for every critic option.
+    from reviewgan.gan import GANSteps
+    for opts in ({"lipschitz": "gp"}, {"lipschitz": "gp", "cls_loss": "mse", "cls_on_fake": True,
+                                       "critic_conditioned": False, "condition": "fill"},
+                 {"lipschitz": "clip"}):
+        cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4, **opts)
+        results = []
+        for functional in (False, True):
+            gen, critic = _gan_pair(cfg)
+            steps = GANSteps(gen, critic, cfg, functional=functional)
+            results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
+        _assert_same_steps(*results, atol=1e-5)
+        assert (results[0][0]["gp"] > 0) == (opts["lipschitz"] == "gp")
+
+
+def test_compiled_gan_steps_match_eager():
+    import shutil
+
+    import pytest
+
+    from reviewgan.gan import GANSteps
+    if shutil.which("cc") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
+    results, logs = [], []
+    for compile in (False, True):
+        gen, critic = _gan_pair(cfg)
+        steps = GANSteps(gen, critic, cfg, compile=compile, log=logs.append)
+        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
+        assert steps.compiled == compile, logs  # compiled, not fallen back to eager
+    _assert_same_steps(*results, atol=1e-4)
+
+
+def test_gan_steps_fall_back_to_eager_when_compilation_fails(monkeypatch):
+    from reviewgan.gan import GANSteps
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
+    logs, results = [], []
+    for compile in (False, True):
+        gen, critic = _gan_pair(cfg)
+        steps = GANSteps(gen, critic, cfg, compile=compile, log=logs.append)
+        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
+    assert not steps.compiled and len(logs) == 1 and "training eagerly" in logs[0]
+    _assert_same_steps(*results, atol=0)

@@ -114,7 +114,9 @@ def test_gan_noise_is_gaussian_and_fresh_every_step(corpus_csv, tmp_path, monkey
 
     monkeypatch.setattr(G.Generator, "forward", spy)
     train(tiny_config(corpus_csv, "gan.steps=3", "train.eval_every=100", "train.n_samples=0"), tmp_path / "n", **QUIET)
-    batches = [z for z in seen if z.size(0) == 32]
+    # per step: one generator pass for the n_critic = 2 critic batches, one for the generator's batch
+    assert [z.size(0) for z in seen if z.size(0) in (32, 64)] == [64, 32] * 3
+    batches = [b for z in seen if z.size(0) in (32, 64) for b in z.split(32)]
     assert len(batches) == 3 * (2 + 1)  # n_critic + 1 draws per step
     assert all(not torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
     allz = torch.cat(batches)

@@ -188,11 +188,13 @@ class GANSteps:
     (`train.compile`), each step's loss is written as a pure function of the parameters
     (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
     gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
-    backward into one graph: eager autograd cannot be compiled across that double backward. A
-    step of this deep, narrow MLP is ~2,000 tiny kernels whose launch costs dominate; compiled, the
-    pointwise work is fused and the Python and autograd overhead is gone (docs/PERFORMANCE.md).
-    Both ways compute the same gradients (tests/test_gan.py). Compiling takes about a minute on a
-    2-core CPU and needs a C++ compiler; if it fails, the steps fall back to eager with a warning.
+    backward into one graph: eager autograd cannot be compiled across that double backward.
+    Measured on the 2-core CPU, the compiled steps are no faster than the eager ones (5.96 against
+    6.00 it/s, docs/PERFORMANCE.md): what is left is a critic step's ~700 small (64-192 x 100)
+    matmuls, which compilation does not change. The option is there for accelerators, where an eager step is
+    bound by kernel launches. Both ways compute the same gradients (tests/test_models.py).
+    Compiling takes about a minute and needs a C++ compiler on a CPU; if it fails, the steps fall
+    back to eager with a warning.
     """
 
     def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig, compile: bool = False,

@@ -202,8 +202,8 @@ class GANSteps:
         self.gen, self.critic, self.cfg, self.log = gen, critic, cfg, log
         # functional: the torch.func losses, compiled or not (uncompiled they are slower than
         # autograd, and serve to test that both ways give the same gradients).
-        self.compiled = compile
         self.functional = compile if functional is None else functional
+        self.compiled = compile and self.functional
         if self.functional:
             from torch.func import grad_and_value
             wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
@@ -216,7 +216,7 @@ class GANSteps:
     def fake(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.functional:
-                out = self._try(lambda: self._fake_fn(dict(self.gen.named_parameters()), z, labels))
+                out = self._try(lambda: self._fake_fn(_detached(self.gen), z, labels))
                 if out is not None:
                     return out
             return self.gen(z, labels)
@@ -224,11 +224,10 @@ class GANSteps:
     def critic_step(self, real, real_labels, fake, fake_labels, eps, scale: float = 1.0) -> dict:
         """Gradients of `scale` x the critic loss into critic .grad (scale = 1/processes under torchrun)."""
         if self.functional:
-            params = dict(self.critic.named_parameters())
-            out = self._try(lambda: self._critic_fn(params, real, real_labels, fake, fake_labels, eps))
+            out = self._try(lambda: self._critic_fn(_detached(self.critic), real, real_labels, fake, fake_labels, eps))
             if out is not None:
                 grads, (_, parts) = out
-                self._set_grads(params, grads, scale)
+                _set_grads(self.critic, grads, scale)
                 return parts
         loss, parts = critic_loss(self.critic, real, real_labels, fake, fake_labels, self.cfg, eps)
         self.critic.zero_grad(set_to_none=True)
@@ -238,12 +237,10 @@ class GANSteps:
     def generator_step(self, z, labels, scale: float = 1.0) -> dict:
         """Gradients of `scale` x the generator loss into generator .grad; the critic's .grad is left alone."""
         if self.functional:
-            params = dict(self.gen.named_parameters())
-            critic_params = {k: v.detach() for k, v in self.critic.named_parameters()}
-            out = self._try(lambda: self._gen_fn(params, critic_params, z, labels))
+            out = self._try(lambda: self._gen_fn(_detached(self.gen), _detached(self.critic), z, labels))
             if out is not None:
                 grads, (_, parts) = out
-                self._set_grads(params, grads, scale)
+                _set_grads(self.gen, grads, scale)
                 return parts
         loss, parts = generator_loss(self.critic, self.gen(z, labels), labels, self.cfg)
         self.gen.zero_grad(set_to_none=True)
@@ -280,11 +277,6 @@ class GANSteps:
 
     # -- helpers
 
-    @staticmethod
-    def _set_grads(params: dict, grads: dict, scale: float) -> None:
-        for name, p in params.items():
-            p.grad = grads[name] * scale if scale != 1.0 else grads[name]
-
     def _try(self, fn):
         try:
             return fn()
@@ -293,5 +285,16 @@ class GANSteps:
                 raise
             self.compiled = self.functional = False
             self.log(f"torch.compile of the GAN steps failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "training eagerly")
+                     "training eagerly from here on")
             return None
+
+
+def _detached(module: nn.Module) -> dict[str, torch.Tensor]:
+    # torch.func differentiates with respect to these inputs; detached, the gradients it returns carry
+    # no autograd graph back to the live parameters (which would keep each step's graph alive).
+    return {k: v.detach() for k, v in module.named_parameters()}
+
+
+def _set_grads(module: nn.Module, grads: dict[str, torch.Tensor], scale: float) -> None:
+    for name, p in module.named_parameters():
+        p.grad = grads[name] * scale if scale != 1.0 else grads[name]

@@ -189,10 +189,10 @@ class GANSteps:
     (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
     gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
     backward into one graph: eager autograd cannot be compiled across that double backward.
-    Measured on the 2-core CPU, the compiled steps are no faster than the eager ones (5.96 against
-    6.00 it/s, docs/PERFORMANCE.md): what is left is a critic step's ~700 small (64-192 x 100)
-    matmuls, which compilation does not change. The option is there for accelerators, where an eager step is
-    bound by kernel launches. Both ways compute the same gradients (tests/test_models.py).
+    Measured on the 2-core CPU, the compiled steps are 1.15x the eager ones at 2 threads and 1.57x
+    at 1 thread (docs/PERFORMANCE.md), which a minute of compiling eats up in a 3,000-step run:
+    what is left is a critic step's ~700 small (64-192 x 100) matmuls, which compilation does not
+    change. The option is meant for accelerators, where an eager step is bound by kernel launches. Both ways compute the same gradients (tests/test_models.py).
     Compiling takes about a minute and needs a C++ compiler on a CPU; if it fails, the steps fall
     back to eager with a warning.
     """

@@ -237,6 +237,18 @@ def _assert_same_steps(a, b, atol):
     assert any(x.abs().sum() > 0 for x in gca) and any(x.abs().sum() > 0 for x in gga)
 
 
+def _eager_then_compiled(logs):
+    """One critic and one generator step with eager GANSteps, then with compile=True, same start."""
+    from reviewgan.gan import GANSteps
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
+    results, steps = [], []
+    for compile in (False, True):
+        gen, critic = _gan_pair(cfg)
+        steps.append(GANSteps(gen, critic, cfg, compile=compile, log=logs.append))
+        results.append(_step_grads(steps[-1], gen, critic, *_gan_inputs()))
+    return results, steps
+
+
 def test_functional_gan_steps_match_autograd():
     # The torch.func losses (what train.compile compiles) must give autograd's losses and gradients,
     # gradient-of-a-gradient penalty included, for every critic option.
@@ -258,34 +270,22 @@ def test_compiled_gan_steps_match_eager():
     import shutil
 
     import pytest
-
-    from reviewgan.gan import GANSteps
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
-    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
-    results, logs = [], []
-    for compile in (False, True):
-        gen, critic = _gan_pair(cfg)
-        steps = GANSteps(gen, critic, cfg, compile=compile, log=logs.append)
-        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
-        assert steps.compiled == compile, logs  # compiled, not fallen back to eager
+    logs = []
+    results, steps = _eager_then_compiled(logs)
+    assert [s.compiled for s in steps] == [False, True], logs  # compiled, not fallen back to eager
     _assert_same_steps(*results, atol=1e-4)
 
 
 def test_gan_steps_fall_back_to_eager_when_compilation_fails(monkeypatch):
-    from reviewgan.gan import GANSteps
-
     def broken_compile(fn, **kw):
         def run(*a, **k):
             raise RuntimeError("no C++ compiler found")
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
-    logs, results = [], []
-    for compile in (False, True):
-        gen, critic = _gan_pair(cfg)
-        steps = GANSteps(gen, critic, cfg, compile=compile, log=logs.append)
-        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
-    assert not steps.compiled and len(logs) == 1 and "training eagerly" in logs[0]
+    logs = []
+    results, steps = _eager_then_compiled(logs)
+    assert not steps[1].compiled and len(logs) == 1 and "training eagerly" in logs[0]
     _assert_same_steps(*results, atol=0)

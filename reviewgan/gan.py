@@ -119,7 +119,11 @@ def interpolates(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor | Non
 def penalty(scores: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """(||grad_x D(x_hat)||_2 - 1)^2 per sample (not of the whole batch), from the interpolates' scores."""
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    return (grad.norm(2, dim=1) - 1).pow(2).mean()
+    return penalty_of(grad)
+
+
+def penalty_of(grad_x: torch.Tensor) -> torch.Tensor:
+    return (grad_x.norm(2, dim=1) - 1).pow(2).mean()  # norm per sample, not of the whole batch
 
 
 @torch.no_grad()
@@ -192,7 +196,8 @@ class GANSteps:
     Measured on the 2-core CPU, the compiled steps are 1.15x the eager ones at 2 threads and 1.57x
     at 1 thread (docs/PERFORMANCE.md), which a minute of compiling eats up in a 3,000-step run:
     what is left is a critic step's ~700 small (64-192 x 100) matmuls, which compilation does not
-    change. The option is meant for accelerators, where an eager step is bound by kernel launches. Both ways compute the same gradients (tests/test_models.py).
+    change. The option is meant for accelerators, where an eager step is bound by kernel launches.
+    Both ways compute the same gradients (tests/test_models.py).
     Compiling takes about a minute and needs a C++ compiler on a CPU; if it fails, the steps fall
     back to eager with a warning.
     """
@@ -260,8 +265,7 @@ class GANSteps:
         gp = torch.zeros((), device=real.device)
         if self.cfg.lipschitz == "gp":
             x_hat = eps * real + (1 - eps) * fake  # interpolates carry the real labels, as in critic_loss
-            grad_x = torch.func.grad(lambda x: critic(x, real_labels)[0].sum())(x_hat)
-            gp = (grad_x.norm(2, dim=1) - 1).pow(2).mean()
+            gp = penalty_of(torch.func.grad(lambda x: critic(x, real_labels)[0].sum())(x_hat))
         B = real.size(0)
         scores, logits = critic(torch.cat([real, fake]), torch.cat([real_labels, fake_labels]))
         loss, parts = critic_objective(scores[:B], scores[B:], logits[:B], logits[B:], real_labels, fake_labels, gp,
@@ -270,10 +274,8 @@ class GANSteps:
 
     def _functional_generator_loss(self, params, critic_params, z, labels):
         fake = torch.func.functional_call(self.gen, params, (z, labels))
-        s_fake, logit_fake = torch.func.functional_call(self.critic, critic_params, (fake, labels))
-        cls = sentiment_loss(logit_fake, labels, self.cfg.cls_loss)
-        loss = -s_fake.mean() + self.cfg.cls_weight * cls  # = generator_loss
-        return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}
+        critic = lambda x, y: torch.func.functional_call(self.critic, critic_params, (x, y))  # noqa: E731
+        return generator_loss(critic, fake, labels, self.cfg)  # (loss, parts): grads of loss, parts as aux
 
     # -- helpers
 

@@ -14,6 +14,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from .config import AEConfig
 from .tokenizer import END, PAD, START
 
+IGNORE = -100  # target of padding positions: cross_entropy's ignore_index
+
 
 def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
     """The code's output range, shared by the encoder and the generator so both live in one space."""
@@ -36,11 +38,56 @@ class Encoder(nn.Module):
         self.fc = nn.Linear(2 * cfg.enc_hidden * (2 if cfg.enc_bidirectional else 1), out)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # ids: (B, T) padded; lengths: (B,) true lengths. Packing gives the state at each row's own end.
-        packed = pack_padded_sequence(self.emb(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, c) = self.lstm(packed)  # h, c: (directions, B, H)
+        # ids: (B, T) padded; lengths: (B,) true lengths. Each direction's state at each row's own end.
+        x = self.emb(ids)
+        lstm = self.lstm
+        if len(torch.unique(lengths)) > MAX_SEGMENTS:  # many lengths (unbucketed batches): packing
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, (h, c) = lstm(packed)  # h, c: (directions, B, H)
+            h, c = list(h), list(c)
+        else:
+            # Length-bucketed batches hold one to three lengths. On the CPU, packing runs the reverse
+            # direction a time step at a time (~2.5x slower than the fused kernel); runs between
+            # distinct lengths compute the same states with one fused call per length.
+            w = lstm._flat_weights
+            states = [final_states(x, lengths, w[:4], self.training)]
+            if lstm.bidirectional:  # the reverse direction reads each row backwards from its own end
+                states.append(final_states(reverse_within(x, lengths), lengths, w[4:], self.training))
+            h, c = [s[0] for s in states], [s[1] for s in states]
         # Final output and final cell state of each direction (paper 5.1: the dense layer reads both).
         return self.fc(torch.cat([*h, *c], dim=-1))  # (B, code_dim[*2])
+
+
+MAX_SEGMENTS = 4  # more distinct lengths in a batch than this: pack instead
+
+
+def final_states(x: torch.Tensor, lengths: torch.Tensor, weights, train: bool):
+    """One LSTM direction over right-padded x (B, T, E): (h, c), each (B, H), at each row's last token.
+
+    Rows are sorted longest first; the LSTM runs from one distinct length to the next over the rows
+    still going, starting from the state where the previous run stopped. No row reads padding, so
+    this is what packing computes, in one fused call per distinct length.
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    x, lens = x[order], lengths[order].tolist()
+    hidden = weights[1].size(1)
+    h = c = x.new_zeros(1, x.size(0), hidden)
+    done_h, done_c, start = [], [], 0
+    for L in sorted(set(lens)):
+        n = sum(k >= L for k in lens)  # rows still going: the first n
+        _, h, c = torch._VF.lstm(x[:n, start:L], (h[:, :n], c[:, :n]), weights, True, 1, 0.0, train, False, True)
+        ended = sum(k > L for k in lens)  # rows [ended, n) end here
+        done_h.append(h[0, ended:]); done_c.append(c[0, ended:])
+        start = L
+    inverse = torch.argsort(order)
+    return torch.cat(done_h[::-1])[inverse], torch.cat(done_c[::-1])[inverse]
+
+
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first `length` steps in reverse order; padding stays at the end."""
+    t = torch.arange(x.size(1), device=x.device)[None, :]
+    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, T)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.size(2)))
 
 
 class Decoder(nn.Module):
@@ -72,9 +119,13 @@ class Decoder(nn.Module):
         h0 = code.unsqueeze(0).contiguous()  # (1, B, C)
         return h0, torch.zeros_like(h0)
 
+    def hidden(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
+        """The LSTM's outputs (B, T, C) under teacher forcing, before dropout and the output layer."""
+        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))
+        return y
+
     def forward(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
-        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))  # (B, T, C)
-        return self.out(self.drop(y))  # (B, T, V)
+        return self.out(self.drop(self.hidden(tokens, code, labels)))  # (B, T, V)
 
     def step(self, tokens: torch.Tensor, code: torch.Tensor, state, labels=None):
         """One decoding step for a batch: tokens (B,) -> logits (B, V), new state.
@@ -90,6 +141,57 @@ class Decoder(nn.Module):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return self.out(h), (h.unsqueeze(0), c.unsqueeze(0))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """Mean cross-entropy over the real positions of logits (B, T, V), and how many are predicted right.
+
+    Padding positions are ignored rather than selected out: (B, T) shapes repeat from batch to batch
+    (T from the length buckets), so the matmul kernels prepared for a shape are reused, and no
+    (B, T, V) gather and scatter run; bucketed batches are ~1 % padding.
+    """
+    logits = logits.flatten(0, 1)
+    target = targets.masked_fill(~mask, IGNORE).flatten()
+    ce = SoftmaxCrossEntropy.apply(logits, target)
+    with torch.no_grad():  # right = the target is the top logit (amax is ~10x faster than argmax).
+        # A tie counts as right: possible only with bf16 logits (the training progress bar).
+        top = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1) >= logits.amax(-1)
+        correct = (top & mask.flatten()).sum()
+    return ce, correct
+
+
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits.float(), target, ignore_index=IGNORE), computed a block of rows at a time.
+
+    The loss is float32 as under autocast, but no float32 copy of the (N, V) logits is made: each
+    block is converted, its softmax and gradient (softmax - one-hot) computed while it is in cache,
+    and the gradient stored in the logits' dtype (bf16 under autocast, as autocast's backward
+    would cast it). About half the time of log_softmax + nll_loss + their backward on this CPU.
+    """
+
+    BLOCK = 128  # rows: 128 x 8000 float32 = 4 MB
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        real = target != IGNORE
+        n = real.sum().clamp(min=1)
+        grad = torch.empty_like(logits)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for s in range(0, logits.size(0), SoftmaxCrossEntropy.BLOCK):
+            block = slice(s, s + SoftmaxCrossEntropy.BLOCK)
+            x, t, keep = logits[block].float(), target[block].clamp(min=0)[:, None], real[block]
+            lse = torch.logsumexp(x, -1, keepdim=True)
+            total += ((lse - x.gather(1, t)).squeeze(1) * keep).sum()
+            p = (x - lse).exp_()  # softmax (not in place: float32 logits' .float() is the logits themselves)
+            p.scatter_add_(1, t, -keep[:, None].float())  # minus the one-hot target
+            grad[block] = p.mul_(keep[:, None])  # padding rows: no gradient
+        ctx.save_for_backward(grad, n)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, g):
+        grad, n = ctx.saved_tensors
+        return grad * (g / n).to(grad.dtype), None
 
 
 def decoder_io(ids: torch.Tensor, lengths: torch.Tensor):
@@ -134,9 +236,7 @@ class Autoencoder(nn.Module):
         """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
         code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
         inputs, targets, mask = decoder_io(ids, lengths)
-        logits = self.decoder(inputs, code, labels)  # (B, T, V)
-        ce = F.cross_entropy(logits[mask], targets[mask])
-        correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
+        ce, correct = token_loss(self.decoder(inputs, code, labels), targets, mask)
         return ce, kl, correct, mask.sum()
 
     @torch.no_grad()

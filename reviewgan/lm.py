@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .autoencoder import decode_loop, decoder_io
+from .autoencoder import decode_loop, decoder_io, token_loss
 from .config import AEConfig
 from .tokenizer import PAD, START
 
@@ -40,8 +39,7 @@ class ConditionalLM(nn.Module):
         """Same interface as Autoencoder.loss: (cross-entropy, kl=0, correct tokens, tokens)."""
         inputs, targets, mask = decoder_io(ids, lengths)
         logits, _ = self(inputs, labels)
-        ce = F.cross_entropy(logits[mask], targets[mask])
-        correct = (logits.argmax(-1)[mask] == targets[mask]).sum()
+        ce, correct = token_loss(logits, targets, mask)
         return ce, ce.new_zeros(()), correct, mask.sum()
 
     @torch.no_grad()

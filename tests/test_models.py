@@ -2,7 +2,12 @@
 
 import torch
 
-from reviewgan.autoencoder import Autoencoder, decoder_io, sample_top_p
+import pytest
+import torch.nn.functional as F
+
+from reviewgan import autoencoder as ae_module
+from reviewgan.autoencoder import IGNORE, Autoencoder, SoftmaxCrossEntropy, decoder_io, sample_top_p
+from reviewgan.bench import straightforward_ae_loss
 from reviewgan.config import AEConfig, GANConfig
 from reviewgan.gan import (Critic, Generator, ResidualBlock, clip_weights_, critic_loss, gradient_penalty)
 from reviewgan.tokenizer import END, PAD, START
@@ -192,6 +197,62 @@ def test_decoding_step_matches_the_full_sequence_pass():
     for t in range(4):
         logits, state = ae.decoder.step(tokens[:, t], code, state, labels)
         assert torch.allclose(logits, full[:, t], atol=1e-5)
+
+
+def _grads(module):
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5, 5], [7, 5, 7, 3, 5, 2], [1, 6, 6, 2, 6]])
+def test_encoder_runs_between_lengths_match_packing(lengths, monkeypatch):
+    torch.manual_seed(0)
+    cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, enc_bidirectional=True)
+    enc = Autoencoder(30, cfg).encoder
+    ids, lens = batch([torch.randint(4, 30, (n,)).tolist() for n in lengths])
+    enc(ids, lens).pow(2).sum().backward()
+    out, grads = enc(ids, lens), _grads(enc)
+    enc.zero_grad()
+    monkeypatch.setattr(ae_module, "MAX_SEGMENTS", 0)  # force packing
+    ref = enc(ids, lens)
+    ref.pow(2).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6)
+    for a, b in zip(grads, _grads(enc), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):
+    monkeypatch.setattr(SoftmaxCrossEntropy, "BLOCK", 4)  # 10 rows: two full blocks and a partial one
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(10, 7)).requires_grad_()
+    target = torch.randint(0, 7, (10,))
+    target[[1, 8]] = IGNORE
+    (2 * SoftmaxCrossEntropy.apply(logits, target)).backward()
+    ours, logits.grad = logits.grad, None
+    ref = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    (2 * ref).backward()
+    assert torch.allclose(SoftmaxCrossEntropy.apply(logits, target), ref, atol=1e-6)
+    assert torch.allclose(ours, logits.grad, atol=1e-6)
+    assert ours[[1, 8]].abs().sum() == 0  # ignored rows get no gradient
+
+
+def test_autoencoder_loss_equals_the_straightforward_loss():
+    # The optimised loss (runs between lengths, ignore_index, blockwise softmax, amax accuracy) against
+    # the obvious one the benchmark's baseline uses: same loss, gradients and count of right tokens.
+    torch.manual_seed(0)
+    cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, code_to_input=True,
+                   label_to_decoder=True, enc_bidirectional=True)
+    ae = Autoencoder(30, cfg)
+    ids, lens = batch([[5, 6, 7, END], [8, 9, END], [6, 6, 6, END], [7, END]])
+    labels = torch.tensor([0, 1, 1, 0])
+    ce, _, correct, n = ae.loss(ids, lens, labels)
+    ce.backward()
+    grads = _grads(ae)
+    ae.zero_grad()
+    ref, ref_correct, ref_n = straightforward_ae_loss(ae, ids, lens, labels)
+    ref.backward()
+    assert torch.allclose(ce, ref, atol=1e-6) and int(correct) == int(ref_correct) and int(n) == int(ref_n) == 13
+    for a, b in zip(grads, _grads(ae), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_sampling_follows_the_distribution_and_skips_impossible_tokens():

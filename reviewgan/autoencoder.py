@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .config import AEConfig
 from .tokenizer import END, PAD, START
 
 IGNORE = -100  # target of padding positions: cross_entropy's ignore_index
+MAX_SEGMENTS = 4  # a batch with more distinct lengths than this is packed for the encoder
 
 
 def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -41,14 +43,18 @@ class Encoder(nn.Module):
         # ids: (B, T) padded; lengths: (B,) true lengths. Each direction's state at each row's own end.
         x = self.emb(ids)
         lstm = self.lstm
-        if len(torch.unique(lengths)) > MAX_SEGMENTS:  # many lengths (unbucketed batches): packing
+        # Packing where it is fast: on a GPU (cuDNN runs packed batches natively) and for batches of
+        # many lengths (unbucketed).
+        if x.device.type != "cpu" or len(torch.unique(lengths)) > MAX_SEGMENTS:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h, c) = lstm(packed)  # h, c: (directions, B, H)
             h, c = list(h), list(c)
         else:
             # Length-bucketed batches hold one to three lengths. On the CPU, packing runs the reverse
-            # direction a time step at a time (~2.5x slower than the fused kernel); runs between
-            # distinct lengths compute the same states with one fused call per length.
+            # direction a time step at a time (the encoder's forward and backward take ~2.5x as long
+            # as one fused call); runs between distinct lengths compute the same states with one
+            # fused call per length. Under bf16 autocast these fused calls run in bf16, as the
+            # decoder's LSTM always did, where packing kept the encoder in float32.
             w = lstm._flat_weights
             states = [final_states(x, lengths, w[:4], self.training)]
             if lstm.bidirectional:  # the reverse direction reads each row backwards from its own end
@@ -56,9 +62,6 @@ class Encoder(nn.Module):
             h, c = [s[0] for s in states], [s[1] for s in states]
         # Final output and final cell state of each direction (paper 5.1: the dense layer reads both).
         return self.fc(torch.cat([*h, *c], dim=-1))  # (B, code_dim[*2])
-
-
-MAX_SEGMENTS = 4  # more distinct lengths in a batch than this: pack instead
 
 
 def final_states(x: torch.Tensor, lengths: torch.Tensor, weights, train: bool):
@@ -77,7 +80,8 @@ def final_states(x: torch.Tensor, lengths: torch.Tensor, weights, train: bool):
         n = sum(k >= L for k in lens)  # rows still going: the first n
         _, h, c = torch._VF.lstm(x[:n, start:L], (h[:, :n], c[:, :n]), weights, True, 1, 0.0, train, False, True)
         ended = sum(k > L for k in lens)  # rows [ended, n) end here
-        done_h.append(h[0, ended:]); done_c.append(c[0, ended:])
+        done_h.append(h[0, ended:])
+        done_c.append(c[0, ended:])
         start = L
     inverse = torch.argsort(order)
     return torch.cat(done_h[::-1])[inverse], torch.cat(done_c[::-1])[inverse]
@@ -119,13 +123,9 @@ class Decoder(nn.Module):
         h0 = code.unsqueeze(0).contiguous()  # (1, B, C)
         return h0, torch.zeros_like(h0)
 
-    def hidden(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
-        """The LSTM's outputs (B, T, C) under teacher forcing, before dropout and the output layer."""
-        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))
-        return y
-
     def forward(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
-        return self.out(self.drop(self.hidden(tokens, code, labels)))  # (B, T, V)
+        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))  # (B, T, C)
+        return self.out(self.drop(y))  # (B, T, V)
 
     def step(self, tokens: torch.Tensor, code: torch.Tensor, state, labels=None):
         """One decoding step for a batch: tokens (B,) -> logits (B, V), new state.
@@ -152,7 +152,10 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
     """
     logits = logits.flatten(0, 1)
     target = targets.masked_fill(~mask, IGNORE).flatten()
-    ce = SoftmaxCrossEntropy.apply(logits, target)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        ce = SoftmaxCrossEntropy.apply(logits, target)
+    else:  # evaluation: no gradient to prepare
+        ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
     with torch.no_grad():  # right = the target is the top logit (amax is ~10x faster than argmax).
         # A tie counts as right: possible only with bf16 logits (the training progress bar).
         top = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1) >= logits.amax(-1)
@@ -189,6 +192,7 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         return total / n
 
     @staticmethod
+    @once_differentiable  # the stored gradient is a constant: a second derivative must fail, not be 0
     def backward(ctx, g):
         grad, n = ctx.saved_tensors
         return grad * (g / n).to(grad.dtype), None

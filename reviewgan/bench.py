@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -100,7 +99,8 @@ def straightforward_ae_loss(ae: Autoencoder, ids, lengths, labels):
     enc = ae.encoder
     packed = pack_padded_sequence(enc.emb(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
     _, (h, c) = enc.lstm(packed)
-    code = squash(enc.fc(torch.cat([*h, *c], dim=-1)), ae.code_kind)
+    out = enc.fc(torch.cat([*h, *c], dim=-1))
+    code = out.chunk(2, dim=-1)[0] if ae.cfg.variational else squash(out, ae.code_kind)  # a VAE: its mean
     inputs, targets, mask = decoder_io(ids, lengths)
     logits = ae.decoder(inputs, code, labels)  # (B, T, V)
     ce = F.cross_entropy(logits[mask], targets[mask])

@@ -1,8 +1,7 @@
 """Unit tests that would catch every bug NOTES.md lists in the seed's code."""
 
-import torch
-
 import pytest
+import torch
 import torch.nn.functional as F
 
 from reviewgan import autoencoder as ae_module
@@ -203,10 +202,11 @@ def _grads(module):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 
-@pytest.mark.parametrize("lengths", [[5, 5, 5, 5], [7, 5, 7, 3, 5, 2], [1, 6, 6, 2, 6]])
-def test_encoder_runs_between_lengths_match_packing(lengths, monkeypatch):
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("lengths", [[5, 5, 5, 5], [7, 5, 7, 3, 5, 2], [1, 6, 6, 2, 6], [4]])
+def test_encoder_runs_between_lengths_match_packing(lengths, bidirectional, monkeypatch):
     torch.manual_seed(0)
-    cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, enc_bidirectional=True)
+    cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, enc_bidirectional=bidirectional)
     enc = Autoencoder(30, cfg).encoder
     ids, lens = batch([torch.randint(4, 30, (n,)).tolist() for n in lengths])
     enc(ids, lens).pow(2).sum().backward()
@@ -218,6 +218,34 @@ def test_encoder_runs_between_lengths_match_packing(lengths, monkeypatch):
     assert torch.allclose(out, ref, atol=1e-6)
     for a, b in zip(grads, _grads(enc), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_encoder_runs_between_lengths_under_bf16_autocast():
+    # Under autocast the fused runs compute in bf16 (packing kept float32): close, not equal.
+    torch.manual_seed(0)
+    enc = Autoencoder(30, AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, enc_bidirectional=True)).encoder
+    ids, lens = batch([torch.randint(4, 30, (n,)).tolist() for n in [7, 5, 7, 3]])
+    ref = enc(ids, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(ids, lens)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=0.05)
+
+
+def test_softmax_cross_entropy_in_bf16_and_without_gradients():
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(6, 2, 9)).bfloat16()[:, 0].requires_grad_()  # non-contiguous rows
+    target = torch.tensor([1, 2, IGNORE, 4, 5, 8])
+    loss = SoftmaxCrossEntropy.apply(logits, target)
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+    ref_logits = logits.detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_logits, target, ignore_index=IGNORE)
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(logits.grad.float(), ref_logits.grad, atol=2e-3)
+    with pytest.raises(RuntimeError):  # the stored gradient is not differentiable again
+        g, = torch.autograd.grad(SoftmaxCrossEntropy.apply(logits, target), logits, create_graph=True)
+        g.sum().backward()
 
 
 def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):

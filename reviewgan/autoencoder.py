@@ -39,13 +39,13 @@ class Encoder(nn.Module):
         out = cfg.code_dim * (2 if cfg.variational else 1)
         self.fc = nn.Linear(2 * cfg.enc_hidden * (2 if cfg.enc_bidirectional else 1), out)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool = False) -> torch.Tensor:
         # ids: (B, T) padded; lengths: (B,) true lengths. Each direction's state at each row's own end.
         x = self.emb(ids)
         lstm = self.lstm
         # Packing where it is fast: on a GPU (cuDNN runs packed batches natively) and for batches of
-        # many lengths (unbucketed).
-        if x.device.type != "cpu" or len(torch.unique(lengths)) > MAX_SEGMENTS:
+        # many lengths (unbucketed); `pack` always packs (the benchmark's straightforward baseline).
+        if pack or x.device.type != "cpu" or len(torch.unique(lengths)) > MAX_SEGMENTS:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h, c) = lstm(packed)  # h, c: (directions, B, H)
             h, c = list(h), list(c)
@@ -222,9 +222,9 @@ class Autoencoder(nn.Module):
         # A VAE's code is the Gaussian sample itself; squashing it would break the N(0, I) prior.
         return "none" if self.cfg.variational else self.cfg.code_activation
 
-    def encode(self, ids, lengths, sample: bool = False, noise_std: float = 0.0):
+    def encode(self, ids, lengths, sample: bool = False, noise_std: float = 0.0, pack: bool = False):
         """ids (B, T) -> code (B, C), KL term (scalar; 0 for the plain autoencoder)."""
-        h = self.encoder(ids, lengths)
+        h = self.encoder(ids, lengths, pack)
         kl = h.new_zeros(())
         if self.cfg.variational:
             mu, logvar = h.chunk(2, dim=-1)

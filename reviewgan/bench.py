@@ -25,9 +25,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from .autoencoder import Autoencoder, decoder_io, squash
+from .autoencoder import Autoencoder, decoder_io
 from .config import Config, apply_overrides, load_preset
 from .data import Units, iterate_batches
 from .gan import Critic, GANSteps, Generator, critic_loss, generator_loss
@@ -92,15 +91,12 @@ def real_units(cfg: Config, n: int) -> Units | None:
 
 
 def straightforward_ae_loss(ae: Autoencoder, ids, lengths, labels):
-    """Stage 1's loss written the obvious way (as `Autoencoder.loss` computed it up to v0.2), for the
-    baseline: a packed encoder, logits at every (B, T) position then the real ones selected, argmax
-    accuracy. -> (cross-entropy, correct tokens, real tokens). Tests check it equals `ae.loss`.
+    """Stage 1's loss written the obvious way (as `Autoencoder.loss` computed it before the fourth
+    session), for the baseline: a packed encoder, logits at every (B, T) position then the real ones
+    selected, argmax accuracy. -> (cross-entropy, correct tokens, real tokens). Tests check it
+    equals `ae.loss`.
     """
-    enc = ae.encoder
-    packed = pack_padded_sequence(enc.emb(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-    _, (h, c) = enc.lstm(packed)
-    out = enc.fc(torch.cat([*h, *c], dim=-1))
-    code = out.chunk(2, dim=-1)[0] if ae.cfg.variational else squash(out, ae.code_kind)  # a VAE: its mean
+    code, _ = ae.encode(ids, lengths, sample=ae.training, pack=True)
     inputs, targets, mask = decoder_io(ids, lengths)
     logits = ae.decoder(inputs, code, labels)  # (B, T, V)
     ce = F.cross_entropy(logits[mask], targets[mask])

@@ -9,8 +9,9 @@ timings on shared machines are noisy).
 - GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks);
   baseline = a fake batch per critic step, a critic pass per input kind, autograd, per-parameter
   Adam; optimised = train.py's loop: the n_critic fake batches in one generator pass, one critic
-  pass over real, fake and interpolates, fused Adam; also (not with --quick) the same loop with each
-  step one torch.compile graph (train.compile, gan.GANSteps)
+  pass over real, fake and interpolates, hand-derived gradients (backprop.py) and FlatAdam
+  (optim.py); also (not with --quick) the same loop with each step one torch.compile graph of the
+  autograd losses (train.compile, gan.GANSteps)
 - generation: 1000 reviews per sentiment, batched vs one at a time
 - peak resident memory of a training step and of generation (each in a fresh process)
 """
@@ -30,6 +31,7 @@ from .autoencoder import Autoencoder, decoder_io
 from .config import Config, apply_overrides, load_preset
 from .data import Units, iterate_batches
 from .gan import Critic, GANSteps, Generator, critic_loss, generator_loss
+from .optim import FlatAdam, stacked_layout
 
 # --------------------------------------------------------------------------- helpers
 
@@ -153,9 +155,10 @@ def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) ->
     torch.manual_seed(0)
     g = Generator(cfg.gan, cfg.ae.code_dim, "l2").to(device)
     c = Critic(cfg.gan, cfg.ae.code_dim).to(device)
-    kw = {"foreach": False} if mode == "baseline" else {"fused": True}
-    og = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
-    oc = torch.optim.Adam(c.parameters(), lr=1e-4, betas=(0.5, 0.9), **kw)
+    if mode == "baseline":  # torch's default Adam on a CPU: a loop over the parameters
+        og, oc = (torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.5, 0.9), foreach=False) for m in (g, c))
+    else:  # train.py's
+        og, oc = (FlatAdam(m.parameters(), lr=1e-4, betas=(0.5, 0.9), layout=stacked_layout(m)) for m in (g, c))
     steps = GANSteps(g, c, cfg.gan, compile=mode == "compiled", log=lambda msg: None)
     codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim, device=device), dim=-1)
     labels = torch.randint(0, 2, (4096,), device=device)

@@ -86,7 +86,7 @@ class TrainConfig:
     eval_every: int = 1000  # GAN steps between validations; the AE validates every epoch
     n_samples: int = 2  # fixed-noise samples printed per sentiment at each validation
     threads: int = 0  # torch intra-op threads (0 = torch's default)
-    compile: bool = False  # torch.compile the GAN steps: same gradients; ~1 min to compile, then 1.15x on 2 CPU cores
+    compile: bool = False  # torch.compile autograd GAN steps instead of the hand-derived ones: for GPUs; on a CPU half their speed
     amp: str = "bf16"  # bf16: bfloat16 autocast for the autoencoder (about 2x on CPUs with AMX/AVX512-BF16) | none
 
 

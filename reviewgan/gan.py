@@ -175,35 +175,41 @@ def critic_objective(s_real, s_fake, logit_real, logit_fake, real_labels, fake_l
 
 def generator_loss(critic: Critic, fake, fake_labels, cfg: GANConfig):
     """Fool the critic and make the critic read the requested sentiment in the generated code."""
-    s_fake, logit_fake = critic(fake, fake_labels)
+    return generator_objective(*critic(fake, fake_labels), fake_labels, cfg)
+
+
+def generator_objective(s_fake, logit_fake, fake_labels, cfg: GANConfig):
+    """The generator's loss from the critic's outputs on its codes. -> (loss, parts)."""
     cls = sentiment_loss(logit_fake, fake_labels, cfg.cls_loss)
     loss = -s_fake.mean() + cfg.cls_weight * cls
     return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}
 
 
 class GANSteps:
-    """Stage 2's three computations, each set up to run eagerly or as one compiled graph:
+    """Stage 2's three computations:
 
         fake(z, labels)                              generated codes, no gradients
         critic_step(real, y_real, fake, y_fake, eps)  fills the critic's .grad, returns the loss parts
         generator_step(z, labels)                    fills the generator's .grad, returns the loss parts
 
-    Eager, they are `critic_loss` (one fused pass) and `generator_loss` with autograd. Compiled
-    (`train.compile`), each step's loss is written as a pure function of the parameters
-    (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
-    gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
-    backward into one graph: eager autograd cannot be compiled across that double backward.
-    Measured on the 2-core CPU, the compiled steps are 1.15x the eager ones at 2 threads and 1.57x
-    at 1 thread (docs/PERFORMANCE.md), which a minute of compiling eats up in a 3,000-step run:
-    what is left is a critic step's ~700 small (64-192 x 100) matmuls, which compilation does not
-    change. The option is meant for accelerators, where an eager step is bound by kernel launches.
-    Both ways compute the same gradients (tests/test_models.py).
-    Compiling takes about a minute and needs a C++ compiler on a CPU; if it fails, the steps fall
-    back to eager with a warning.
+    Three ways, all computing the same losses and gradients (tests/test_models.py):
+    - hand-derived (`manual`, the default wherever it applies: blocks without dropout): backprop.py
+      writes the gradients straight into .grad; on the 2-core CPU a critic step takes 10 ms against
+      24 ms with autograd (docs/PERFORMANCE.md).
+    - eager autograd: `critic_loss` (one fused pass) and `generator_loss`.
+    - compiled (`train.compile`): each step's loss is written as a pure function of the parameters
+      (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
+      gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
+      backward into one graph: eager autograd cannot be compiled across that double backward. On the
+      2-core CPU it is 1.15x eager autograd at 2 threads, about half the speed of the hand-derived
+      steps, after a minute of compiling; it is meant for accelerators, where an eager step is bound
+      by kernel launches. Compiling needs a C++ compiler on a CPU; if it fails, the steps fall back
+      to eager autograd with a warning.
     """
 
     def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig, compile: bool = False,
-                 functional: bool | None = None, log=print):
+                 functional: bool | None = None, manual: bool | None = None, log=print):
+        from . import backprop  # it builds on this module
         self.gen, self.critic, self.cfg, self.log = gen, critic, cfg, log
         # functional: the torch.func losses, compiled or not (uncompiled they are slower than
         # autograd, and serve to test that both ways give the same gradients).
@@ -215,10 +221,18 @@ class GANSteps:
             self._fake_fn = wrap(self._functional_fake)
             self._critic_fn = wrap(grad_and_value(self._functional_critic_loss, has_aux=True))
             self._gen_fn = wrap(grad_and_value(self._functional_generator_loss, has_aux=True))
+        # manual: hand-derived gradients (backprop.py), the default wherever they apply
+        if manual is None:
+            manual = not self.functional and backprop.supported(cfg)
+        if manual and not backprop.supported(cfg):
+            raise ValueError("hand-derived GAN gradients need blocks without dropout (gan.g_dropout = gan.c_dropout = 0)")
+        self.manual = backprop.ManualSteps(gen, critic, cfg) if manual else None
 
     # -- the steps
 
     def fake(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.manual is not None:
+            return self.manual.fake(z, labels)
         with torch.no_grad():
             if self.functional:
                 out = self._try(lambda: self._fake_fn(_detached(self.gen), z, labels))
@@ -228,6 +242,8 @@ class GANSteps:
 
     def critic_step(self, real, real_labels, fake, fake_labels, eps, scale: float = 1.0) -> dict:
         """Gradients of `scale` x the critic loss into critic .grad (scale = 1/processes under torchrun)."""
+        if self.manual is not None:
+            return _scale_grads(self.critic, self.manual.critic_step(real, real_labels, fake, fake_labels, eps), scale)
         if self.functional:
             out = self._try(lambda: self._critic_fn(_detached(self.critic), real, real_labels, fake, fake_labels, eps))
             if out is not None:
@@ -241,6 +257,8 @@ class GANSteps:
 
     def generator_step(self, z, labels, scale: float = 1.0) -> dict:
         """Gradients of `scale` x the generator loss into generator .grad; the critic's .grad is left alone."""
+        if self.manual is not None:
+            return _scale_grads(self.gen, self.manual.generator_step(z, labels), scale)
         if self.functional:
             out = self._try(lambda: self._gen_fn(_detached(self.gen), _detached(self.critic), z, labels))
             if out is not None:
@@ -300,3 +318,9 @@ def _detached(module: nn.Module) -> dict[str, torch.Tensor]:
 def _set_grads(module: nn.Module, grads: dict[str, torch.Tensor], scale: float) -> None:
     for name, p in module.named_parameters():
         p.grad = grads[name] * scale if scale != 1.0 else grads[name]
+
+
+def _scale_grads(module: nn.Module, parts: dict, scale: float) -> dict:
+    if scale != 1.0:
+        torch._foreach_mul_([p.grad for p in module.parameters()], scale)
+    return parts

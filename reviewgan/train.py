@@ -29,6 +29,7 @@ from .config import Config
 from .data import (SENTIMENTS, Units, iterate_batches, length_stats, limit_records, load_records, make_units,
                    opinion_filter, sentences_of, split_records)
 from .gan import GANSteps, clip_weights_
+from .optim import FlatAdam, stacked_layout
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device, stage1_file
 from .tokenizer import PAD, Tokenizer
@@ -264,11 +265,12 @@ def encode_units(ae: Autoencoder, units: Units, device, batch_size: int = 512) -
     return codes
 
 
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    # 40 residual blocks = 160+ small tensors: the fused/foreach kernels update them all at once.
+def make_optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    # 40 residual blocks = 160+ small tensors: FlatAdam updates them in one kernel (optim.py), and
+    # lays them out for the hand-derived gradients (backprop.py) to be written in place.
     if cfg.gan.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.gan.lr, foreach=True)
-    return torch.optim.Adam(params, lr=cfg.gan.lr, betas=tuple(cfg.gan.betas), fused=True)
+        return torch.optim.RMSprop(module.parameters(), lr=cfg.gan.lr, foreach=True)
+    return FlatAdam(module.parameters(), lr=cfg.gan.lr, betas=tuple(cfg.gan.betas), layout=stacked_layout(module))
 
 
 @torch.no_grad()
@@ -294,8 +296,8 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
     labels = torch.tensor(data.units["train"].labels, device=device)
     val_codes = encode_units(ae, data.units["val"], device)
     val_labels = torch.tensor(data.units["val"].labels, device=device)
-    opt_g = make_optimizer(gen.parameters(), cfg)
-    opt_c = make_optimizer(critic.parameters(), cfg)
+    opt_g = make_optimizer(gen, cfg)
+    opt_c = make_optimizer(critic, cfg)
     run.load_optimizer("gen_optim", opt_g)
     run.load_optimizer("critic_optim", opt_c)
     # All of stage 2's sampling (batches, noise, labels) comes from this generator; its state is checkpointed.

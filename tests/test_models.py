@@ -331,26 +331,83 @@ def _eager_then_compiled(logs):
     results, steps = [], []
     for compile in (False, True):
         gen, critic = _gan_pair(cfg)
-        steps.append(GANSteps(gen, critic, cfg, compile=compile, log=logs.append))
+        steps.append(GANSteps(gen, critic, cfg, compile=compile, manual=False, log=logs.append))
         results.append(_step_grads(steps[-1], gen, critic, *_gan_inputs()))
     return results, steps
 
 
-def test_functional_gan_steps_match_autograd():
-    # The torch.func losses (what train.compile compiles) must give autograd's losses and gradients,
-    # gradient-of-a-gradient penalty included, for every critic option.
+GAN_OPTIONS = [{"lipschitz": "gp"},
+               {"lipschitz": "gp", "cls_loss": "mse", "cls_on_fake": True, "critic_conditioned": False,
+                "condition": "fill"},
+               {"lipschitz": "clip"}]
+
+
+@pytest.mark.parametrize("opts", GAN_OPTIONS)
+@pytest.mark.parametrize("way", ["functional", "manual", "manual+FlatAdam"])
+def test_gan_steps_match_autograd(opts, way):
+    # The torch.func losses (what train.compile compiles) and the hand-derived gradients (backprop.py,
+    # the default) must give autograd's losses and gradients, the gradient-of-a-gradient penalty
+    # included, for every critic option; with FlatAdam's layout the latter are written into its buffer.
     from reviewgan.gan import GANSteps
-    for opts in ({"lipschitz": "gp"}, {"lipschitz": "gp", "cls_loss": "mse", "cls_on_fake": True,
-                                       "critic_conditioned": False, "condition": "fill"},
-                 {"lipschitz": "clip"}):
-        cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4, **opts)
-        results = []
-        for functional in (False, True):
-            gen, critic = _gan_pair(cfg)
-            steps = GANSteps(gen, critic, cfg, functional=functional)
-            results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
-        _assert_same_steps(*results, atol=1e-5)
-        assert (results[0][0]["gp"] > 0) == (opts["lipschitz"] == "gp")
+    from reviewgan.optim import FlatAdam, stacked_layout
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4, **opts)
+    results = []
+    for w in ("autograd", way):
+        gen, critic = _gan_pair(cfg)
+        if w == "manual+FlatAdam":
+            opts_ = [FlatAdam(m.parameters(), 1e-3, (0.5, 0.9), layout=stacked_layout(m)) for m in (gen, critic)]
+        steps = GANSteps(gen, critic, cfg, functional=w == "functional", manual=w.startswith("manual"))
+        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
+        if w == "manual+FlatAdam":  # the gradients were written into the flat buffers, not beside them
+            assert all(p.grad.untyped_storage().data_ptr() == o._flat["grad"].untyped_storage().data_ptr()
+                       for o, m in zip(opts_, (gen, critic)) for p in m.parameters())
+    _assert_same_steps(*results, atol=1e-5)
+    assert (results[0][0]["gp"] > 0) == (opts["lipschitz"] == "gp")
+
+
+def test_manual_gan_steps_only_without_dropout():
+    from reviewgan.gan import GANSteps
+    gen, critic = _gan_pair(GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4))
+    assert GANSteps(gen, critic, GANConfig()).manual is not None  # the default where it applies
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4, c_dropout=0.1)
+    gen, critic = _gan_pair(cfg)
+    assert GANSteps(gen, critic, cfg).manual is None  # autograd instead
+    with pytest.raises(ValueError, match="dropout"):
+        GANSteps(gen, critic, cfg, manual=True)
+
+
+def test_flat_adam_steps_like_adam_and_shares_its_checkpoints():
+    from reviewgan.optim import FlatAdam, stacked_layout
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4)
+    ref, flat = _gan_pair(cfg)[1], _gan_pair(cfg)[1]
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9))  # torch's default, per parameter
+    opt = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), layout=stacked_layout(flat))
+    buffer = opt._flat["param"].untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == buffer for p in flat.parameters())  # views of one buffer
+    x, y = torch.randn(5, 16), torch.tensor([0, 1, 1, 0, 1])
+
+    def step(m, o):
+        o.zero_grad()
+        (m(x, y)[0].square().sum() + m(x, y)[1].sum()).backward()  # autograd's .grad: copied in
+        o.step()
+
+    for _ in range(3):
+        step(ref, opt_ref), step(flat, opt)
+    for a, b in zip(ref.parameters(), flat.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # Its state dict is Adam's: load each into the other, and both go on alike.
+    opt_ref2 = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    opt_ref2.load_state_dict(opt.state_dict())
+    opt2 = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), layout=stacked_layout(flat))
+    opt2.load_state_dict(opt_ref.state_dict())
+    step(ref, opt_ref2), step(flat, opt2)
+    for a, b in zip(ref.parameters(), flat.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert float(opt2.state_dict()["state"][0]["step"]) == 4
+    with pytest.raises(ValueError, match="one step count"):
+        sd = opt_ref2.state_dict()
+        sd["state"][0]["step"] = torch.tensor(9.0)
+        opt2.load_state_dict(sd)
 
 
 def test_compiled_gan_steps_match_eager():

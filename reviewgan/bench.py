@@ -61,12 +61,12 @@ def ae_flops_per_position(cfg: Config, vocab: int) -> float:
     """Forward+backward FLOPs per computed decoder position (x3 of forward: one forward, two backward matmuls).
 
     Decoder LSTM (4 gates over input+hidden) and the output layer dominate; the encoder reads the same
-    positions with a smaller LSTM.
+    positions with a smaller LSTM, once per direction.
     """
     a = cfg.ae
     dec_in = a.emb_dim + (a.code_dim if a.code_to_input else 0)
     fwd = 2 * 4 * a.code_dim * (dec_in + a.code_dim) + 2 * a.code_dim * vocab
-    fwd += 2 * 4 * a.enc_hidden * (a.emb_dim + a.enc_hidden)
+    fwd += 2 * 4 * a.enc_hidden * (a.emb_dim + a.enc_hidden) * (2 if a.enc_bidirectional else 1)
     return 3.0 * fwd
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .autoencoder import decode_loop, decoder_io, token_loss
+from .autoencoder import decode_loop, decoder_io, dropout, token_loss
 from .config import AEConfig
 from .tokenizer import PAD, START
 
@@ -22,7 +22,7 @@ class ConditionalLM(nn.Module):
         self.emb = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.sentiment = nn.Embedding(2, cfg.emb_dim)  # the two start tokens: <negative>, <positive>
         self.lstm = nn.LSTM(cfg.emb_dim, cfg.code_dim, batch_first=True)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.p_drop = cfg.dropout
         self.out = nn.Linear(cfg.code_dim, vocab_size)
 
     def _embed(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ class ConditionalLM(nn.Module):
 
     def forward(self, tokens, labels, state=None):
         y, state = self.lstm(self._embed(tokens, labels), state)
-        return self.out(self.drop(y)), state
+        return self.out(dropout(y, self.p_drop, self.training)), state
 
     def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
         """Same interface as Autoencoder.loss: (cross-entropy, kl=0, correct tokens, tokens)."""

@@ -261,6 +261,19 @@ def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):
     assert ours[[1, 8]].abs().sum() == 0  # ignored rows get no gradient
 
 
+def test_dropout_draws_a_fresh_scaled_mask_in_training_only():
+    from reviewgan.autoencoder import dropout
+    torch.manual_seed(0)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = dropout(x, 0.3, True)
+    kept = y != 0
+    assert abs(kept.float().mean() - 0.7) < 0.01 and torch.allclose(y[kept], torch.tensor(1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the mask kept, scaled alike
+    assert not torch.equal(kept, dropout(x, 0.3, True) != 0)  # a new mask every call
+    assert dropout(x, 0.3, False) is x and dropout(x, 0.0, True) is x
+
+
 def test_autoencoder_loss_equals_the_straightforward_loss():
     # The optimised loss (runs between lengths, ignore_index, blockwise softmax, amax accuracy) against
     # the obvious one the benchmark's baseline uses: same loss, gradients and count of right tokens.

@@ -34,15 +34,17 @@ from .autoencoder import squash
 from .config import GANConfig
 from .gan import Critic, Generator, ResidualMLP, critic_objective, generator_objective, penalty_of
 
-_relu_backward = torch.ops.aten.threshold_backward.grad_input  # (grad, relu output, 0, out): grad where output > 0
-
-
 def supported(cfg: GANConfig) -> bool:
-    return cfg.g_dropout == 0 and cfg.c_dropout == 0
+    return cfg.g_dropout == 0 and cfg.c_dropout == 0 and cfg.n_blocks > 0
 
 
-def grad_of(p: torch.Tensor) -> torch.Tensor:
-    """p.grad, made (zeros) if missing, for the gradients to be written into (out=)."""
+def _relu_grad(g: torch.Tensor, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = g * relu'(.), from the relu's output r (positive exactly where its input was); out may be g or r."""
+    return torch.ops.aten.threshold_backward.grad_input(g, r, 0, grad_input=out)
+
+
+def grad_buffer(p: torch.Tensor) -> torch.Tensor:
+    """p.grad, for a gradient to be written into (out=); creates it (zeros) where p has none yet."""
     if p.grad is None:
         p.grad = torch.zeros_like(p)
     return p.grad
@@ -80,6 +82,7 @@ class Trunk:
         self._data_ptr = None
         self._buffers: dict = {}
         self._grads: list | None = None
+        self._own: dict[int, torch.Tensor] = {}
 
     def refresh(self) -> None:
         """Transposed views of the weights, remade when the parameters' storage moved (FlatAdam moves it)."""
@@ -112,7 +115,7 @@ class Trunk:
         """From G[L] (the gradient at the trunk's output), fill D and G -> G[0]."""
         R, D, G = b["r"], b["d"], b["g"]
         for l in reversed(range(self.L)):
-            _relu_backward(torch.mm(G[l + 1], self.W2[l], out=D[l]), R[l], 0, grad_input=D[l])
+            _relu_grad(torch.mm(G[l + 1], self.W2[l], out=D[l]), R[l], out=D[l])
             torch.mm(D[l], self.W1[l], out=G[l]).add_(G[l + 1])
         return G[0]
 
@@ -127,7 +130,7 @@ class Trunk:
         He, Re = b["he", n], b["re", n]
         He[0].copy_(e0)
         for l in range(self.L):
-            _relu_backward(torch.mm(He[l], self.W1t[l]), Re[l], 0, grad_input=Re[l])
+            _relu_grad(torch.mm(He[l], self.W1t[l]), Re[l], out=Re[l])
             torch.mm(Re[l], self.W2t[l], out=He[l + 1]).add_(He[l])
         return He[self.L]
 
@@ -147,10 +150,12 @@ class Trunk:
                                            for p, g in zip(ps, gs)):
             return self._grads
         self._grads = []
-        for ps in self.params:
+        for i, ps in enumerate(self.params):
             t = _stacked([p.grad for p in ps])
-            if t is None:
-                t = torch.zeros(len(ps), *ps[0].shape, dtype=ps[0].dtype, device=ps[0].device)
+            if t is None:  # buffers of our own, made once; .grad made to view them
+                if i not in self._own:
+                    self._own[i] = torch.zeros(len(ps), *ps[0].shape, dtype=ps[0].dtype, device=ps[0].device)
+                t = self._own[i]
                 for p, g in zip(ps, t.unbind(0)):
                     p.grad = g
             self._grads.append(t)
@@ -181,12 +186,13 @@ class ManualSteps:
         return h, out, Py, score
 
     def _critic_top(self, top, ds, dlg, Py):
-        """Gradient at the critic trunk's output from d(score), d(logit) -> written into top; -> (N, 2)."""
-        dout = torch.stack([ds, dlg], 1)
-        torch.mm(dout, self.critic.net.out.weight, out=top)
+        """Gradient at the critic trunk's output from d(score), d(logit) -> written into top; -> the
+        gradient at the head's output (N, 2)."""
+        d_head = torch.stack([ds, dlg], 1)
+        torch.mm(d_head, self.critic.net.out.weight, out=top)
         if Py is not None:
             top.addcmul_(ds[:, None], Py)
-        return dout
+        return d_head
 
     @torch.no_grad()
     def critic_step(self, real, real_labels, fake, fake_labels, eps) -> dict:
@@ -195,6 +201,8 @@ class ManualSteps:
         n = 2 * B  # rows that enter the loss; with the penalty, B interpolates follow them
         x, y = torch.cat([real, fake]), torch.cat([real_labels, fake_labels])
         if gp_on:  # interpolates carry the real labels, as in gan.critic_loss
+            if eps is None:
+                eps = torch.rand(B, 1, device=real.device, dtype=real.dtype)
             x, y = torch.cat([x, eps * real + (1 - eps) * fake]), torch.cat([y, real_labels])
         bufs = tr.buffers(x.size(0))
         h, out, Py, score = self._critic_forward(x, y, bufs)
@@ -207,29 +215,30 @@ class ManualSteps:
                                            torch.zeros((), device=x.device, dtype=x.dtype), cfg)
             ds, dlg = torch.autograd.grad(loss, [s, lg])
         G = bufs["g"]
-        dout = self._critic_top(G[-1][:n], ds, dlg, Py[:n] if Py is not None else None)
+        d_head = self._critic_top(G[-1][:n], ds, dlg, Py[:n] if Py is not None else None)
         if gp_on:  # the interpolates' rows carry d score / d h_L instead
             G[-1][n:] = net.out.weight[0] + (Py[n:] if Py is not None else 0)
         g0 = tr.backward(bufs)
 
-        d_in = torch.mm(g0[:n].t(), x[:n], out=grad_of(net.inp.weight))
-        torch.sum(g0[:n], 0, out=grad_of(net.inp.bias))
+        d_in = torch.mm(g0[:n].t(), x[:n], out=grad_buffer(net.inp.weight))
+        torch.sum(g0[:n], 0, out=grad_buffer(net.inp.bias))
         if gp_on:
+            grad_x = g0[n:] @ net.inp.weight  # d score / d x_hat, per interpolate
             with torch.enable_grad():
-                grad_x = (g0[n:] @ net.inp.weight).requires_grad_(True)  # d score / d x_hat
+                grad_x.requires_grad_(True)
                 gp = penalty_of(grad_x)
                 (u,) = torch.autograd.grad(cfg.gp_weight * gp, grad_x)
             d_in.addmm_(g0[n:].t(), u)
-            e_top = tr.adjoint(bufs, u @ net.inp.weight.t(), n)
+            e_top = tr.adjoint(bufs, u @ net.inp.weight.t(), n)  # H's rows n: now hold adjoints: h[:n] only below
             parts["gp"] = gp.detach()
             parts["c_loss"] = parts["c_loss"] + cfg.gp_weight * parts["gp"]
         tr.block_grads(bufs, n)
-        d_out = torch.mm(dout.t(), h[:n], out=grad_of(net.out.weight))
+        dW_out = torch.mm(d_head.t(), h[:n], out=grad_buffer(net.out.weight))
         if gp_on:
-            d_out[0] += e_top.sum(0)
-        torch.sum(dout, 0, out=grad_of(net.out.bias))
+            dW_out[0] += e_top.sum(0)
+        torch.sum(d_head, 0, out=grad_buffer(net.out.bias))
         if self.critic.proj is not None:
-            dP = grad_of(self.critic.proj.weight).zero_().index_add_(0, y[:n], ds[:, None] * h[:n])
+            dP = grad_buffer(self.critic.proj.weight).zero_().index_add_(0, y[:n], ds[:, None] * h[:n])
             if gp_on:
                 dP.index_add_(0, real_labels, e_top)
         return parts
@@ -241,9 +250,9 @@ class ManualSteps:
         x = torch.cat([z, self.gen.cond(labels)], dim=-1)
         g_bufs = gt.buffers(B)
         h = gt.forward(x, g_bufs)
+        pre = torch.addmm(gnet.out.bias, h, gnet.out.weight.t())
         with torch.enable_grad():  # the squash's gradient by autograd, for every code kind
-            pre = torch.addmm(gnet.out.bias, h, gnet.out.weight.t()).requires_grad_(True)
-            code = squash(pre, self.gen.code_kind)
+            code = squash(pre.requires_grad_(True), self.gen.code_kind)
         c_bufs = ct.buffers(B)
         _, out, Py, score = self._critic_forward(code.detach(), labels, c_bufs)
         with torch.enable_grad():
@@ -256,12 +265,12 @@ class ManualSteps:
             (d_pre,) = torch.autograd.grad(code, pre, d_code)
         torch.mm(d_pre, gnet.out.weight, out=g_bufs["g"][-1])
         g0 = gt.backward(g_bufs)
-        torch.mm(g0.t(), x, out=grad_of(gnet.inp.weight))
-        torch.sum(g0, 0, out=grad_of(gnet.inp.bias))
-        torch.mm(d_pre.t(), h, out=grad_of(gnet.out.weight))
-        torch.sum(d_pre, 0, out=grad_of(gnet.out.bias))
+        torch.mm(g0.t(), x, out=grad_buffer(gnet.inp.weight))
+        torch.sum(g0, 0, out=grad_buffer(gnet.inp.bias))
+        torch.mm(d_pre.t(), h, out=grad_buffer(gnet.out.weight))
+        torch.sum(d_pre, 0, out=grad_buffer(gnet.out.bias))
         gt.block_grads(g_bufs, B)
         if self.gen.cond.emb is not None:
             d_cond = g0 @ gnet.inp.weight[:, z.size(1):]
-            grad_of(self.gen.cond.emb.weight).zero_().index_add_(0, labels, d_cond)
+            grad_buffer(self.gen.cond.emb.weight).zero_().index_add_(0, labels, d_cond)
         return parts

@@ -224,8 +224,10 @@ class GANSteps:
         # manual: hand-derived gradients (backprop.py), the default wherever they apply
         if manual is None:
             manual = not self.functional and backprop.supported(cfg)
+        if manual and self.functional:
+            raise ValueError("the GAN steps are either hand-derived (manual) or torch.func's (functional, compile)")
         if manual and not backprop.supported(cfg):
-            raise ValueError("hand-derived GAN gradients need blocks without dropout (gan.g_dropout = gan.c_dropout = 0)")
+            raise ValueError("hand-derived GAN gradients need blocks, none with dropout (gan.g_dropout = gan.c_dropout = 0)")
         self.manual = backprop.ManualSteps(gen, critic, cfg) if manual else None
 
     # -- the steps
@@ -256,7 +258,8 @@ class GANSteps:
         return parts
 
     def generator_step(self, z, labels, scale: float = 1.0) -> dict:
-        """Gradients of `scale` x the generator loss into generator .grad; the critic's .grad is left alone."""
+        """Gradients of `scale` x the generator loss into generator .grad. The critic's .grad means
+        nothing afterwards (autograd's path clears it, the others leave the last critic step's)."""
         if self.manual is not None:
             return _scale_grads(self.gen, self.manual.generator_step(z, labels), scale)
         if self.functional:

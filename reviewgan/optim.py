@@ -33,14 +33,23 @@ def stacked_layout(module: nn.Module) -> list[int]:
 class FlatAdam(torch.optim.Adam):
     """torch.optim.Adam (fused) whose parameters, gradients and moments are views of flat buffers.
 
-    Every parameter must have a gradient at every step (stage 2's do). A .grad that is not the
-    parameter's view of the flat gradient (autograd made a new one) is copied into it first.
+    What it asks of its user, all true of stage 2:
+    - every parameter has a gradient at every step (gradients are never None: zero_grad zeros the
+      buffer). A .grad that is not the parameter's view of the flat gradient (autograd made a new
+      one) is copied into it first;
+    - the module is moved or converted (.to) before the optimiser is made, not after;
+    - one parameter group; no amsgrad, no GradScaler.
     """
 
+    # Not True, as Adam(fused=True) says: a GradScaler must unscale the gradients itself.
+    _step_supports_amp_scaling = False
+
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8,
-                 layout: list[int] | None = None):
+                 weight_decay: float = 0.0, layout: list[int] | None = None):
         params = list(params)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, fused=True)
+        if not params or any(isinstance(p, dict) for p in params):
+            raise TypeError("FlatAdam takes a list of parameters (one group)")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
         self._params = params
         total, ref = sum(p.numel() for p in params), params[0]
         self._flat = {k: ref.new_zeros(total) for k in ("param", "grad", "exp_avg", "exp_avg_sq")}
@@ -63,24 +72,32 @@ class FlatAdam(torch.optim.Adam):
         for p, v in zip(self._params, self._views):
             self.state[p] = {"step": self._step, "exp_avg": v["exp_avg"], "exp_avg_sq": v["exp_avg_sq"]}
 
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "_flat"):
+            raise ValueError("FlatAdam keeps one parameter group")
+        super().add_param_group(param_group)
+
     @torch.no_grad()
     def step(self, closure=None):
-        if closure is not None:
-            raise ValueError("FlatAdam takes no closure")
+        g, f = self.param_groups[0], self._flat
+        if closure is not None or g["amsgrad"]:
+            raise ValueError("FlatAdam takes no closure and has no amsgrad")
         for p, v in zip(self._params, self._views):
+            if p.data_ptr() != v["param"].data_ptr():
+                raise RuntimeError("a parameter left FlatAdam's buffer: move the module before making the optimiser")
             if p.grad is not v["grad"]:
                 if p.grad is None:
                     raise RuntimeError("FlatAdam updates every parameter at every step, and one has no gradient")
                 v["grad"].copy_(p.grad)
                 p.grad = v["grad"]
-        g, f = self.param_groups[0], self._flat
         self._step += 1  # torch.optim.Adam counts the step before the fused kernel, as here
         torch._fused_adam_([f["param"]], [f["grad"]], [f["exp_avg"]], [f["exp_avg_sq"]], [], [self._step],
                            amsgrad=g["amsgrad"], lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
                            weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self._flat["grad"].zero_()  # the views stay: a gradient of None would leave the flat buffer
+        """Zeros the gradients whatever set_to_none says: .grad stays a view of the flat buffer."""
+        self._flat["grad"].zero_()
         for p, v in zip(self._params, self._views):
             p.grad = v["grad"]
 
@@ -92,11 +109,14 @@ class FlatAdam(torch.optim.Adam):
         return sd
 
     def load_state_dict(self, state_dict) -> None:
+        saved = state_dict["state"]
+        steps = {float(st["step"]) for st in saved.values()}
+        if len(steps) > 1:
+            raise ValueError(f"FlatAdam keeps one step count, and this state has several: {sorted(steps)}")
+        if saved and len(saved) != len(self._params):
+            raise ValueError("FlatAdam keeps one step count, and this state leaves some parameters out")
         super().load_state_dict(state_dict)  # fresh per-parameter tensors: copy them into the buffers
         with torch.no_grad():
-            steps = {float(self.state[p]["step"]) for p in self._params if p in self.state}
-            if len(steps) > 1:
-                raise ValueError(f"FlatAdam keeps one step count, and this state has several: {sorted(steps)}")
             for p, v in zip(self._params, self._views):
                 st = self.state.get(p, {})
                 for k in ("exp_avg", "exp_avg_sq"):

@@ -311,6 +311,8 @@ def _gan_pair(cfg, seed=0):
 
 
 def _step_grads(steps, gen, critic, real, yr, fake, yf, eps, z, yz):
+    for p in [*critic.parameters(), *gen.parameters()]:  # a gradient left over must not leak into the step
+        p.grad = torch.full_like(p, float("nan")) if p.grad is None else p.grad.fill_(float("nan"))
     c_parts = steps.critic_step(real, yr, fake, yf, eps, scale=0.5)
     c_grads = [p.grad.clone() for p in critic.parameters()]
     g_parts = steps.generator_step(z, yz, scale=0.5)
@@ -380,21 +382,42 @@ def test_gan_steps_match_autograd(opts, way):
 
 def test_manual_gan_steps_only_without_dropout():
     from reviewgan.gan import GANSteps
-    gen, critic = _gan_pair(GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4))
-    assert GANSteps(gen, critic, GANConfig()).manual is not None  # the default where it applies
-    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4, c_dropout=0.1)
-    gen, critic = _gan_pair(cfg)
-    assert GANSteps(gen, critic, cfg).manual is None  # autograd instead
-    with pytest.raises(ValueError, match="dropout"):
-        GANSteps(gen, critic, cfg, manual=True)
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=2, cond_dim=4)
+    assert GANSteps(*_gan_pair(cfg), cfg).manual is not None  # the default where it applies
+    for kw in ({"c_dropout": 0.1}, {"n_blocks": 0}):
+        cfg = GANConfig(noise_dim=8, width=8, cond_dim=4, **{"n_blocks": 2, **kw})
+        gen, critic = _gan_pair(cfg)
+        assert GANSteps(gen, critic, cfg).manual is None  # autograd instead
+        with pytest.raises(ValueError, match="dropout"):
+            GANSteps(gen, critic, cfg, manual=True)
+
+
+def test_manual_gan_steps_follow_parameters_that_flat_adam_moved():
+    # The hand-derived steps keep views of the weights; FlatAdam, made after a first step, moves the
+    # weights into its buffer, where they then change: the next step must use the new ones.
+    from reviewgan.gan import GANSteps
+    from reviewgan.optim import FlatAdam, stacked_layout
+    cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4)
+    results = []
+    for manual in (False, True):
+        gen, critic = _gan_pair(cfg)
+        steps = GANSteps(gen, critic, cfg, manual=manual)
+        _step_grads(steps, gen, critic, *_gan_inputs())
+        for m in (gen, critic):
+            FlatAdam(m.parameters(), 1e-3, (0.5, 0.9), layout=stacked_layout(m))
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.mul_(0.5)
+        results.append(_step_grads(steps, gen, critic, *_gan_inputs()))
+    _assert_same_steps(*results, atol=1e-5)
 
 
 def test_flat_adam_steps_like_adam_and_shares_its_checkpoints():
     from reviewgan.optim import FlatAdam, stacked_layout
     cfg = GANConfig(noise_dim=8, width=8, n_blocks=3, cond_dim=4)
     ref, flat = _gan_pair(cfg)[1], _gan_pair(cfg)[1]
-    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9))  # torch's default, per parameter
-    opt = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), layout=stacked_layout(flat))
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1)  # per parameter
+    opt = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1, layout=stacked_layout(flat))
     buffer = opt._flat["param"].untyped_storage().data_ptr()
     assert all(p.untyped_storage().data_ptr() == buffer for p in flat.parameters())  # views of one buffer
     x, y = torch.randn(5, 16), torch.tensor([0, 1, 1, 0, 1])
@@ -409,9 +432,9 @@ def test_flat_adam_steps_like_adam_and_shares_its_checkpoints():
     for a, b in zip(ref.parameters(), flat.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     # Its state dict is Adam's: load each into the other, and both go on alike.
-    opt_ref2 = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    opt_ref2 = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1)
     opt_ref2.load_state_dict(opt.state_dict())
-    opt2 = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), layout=stacked_layout(flat))
+    opt2 = FlatAdam(flat.parameters(), lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1, layout=stacked_layout(flat))
     opt2.load_state_dict(opt_ref.state_dict())
     step(ref, opt_ref2), step(flat, opt2)
     for a, b in zip(ref.parameters(), flat.parameters()):
@@ -421,6 +444,11 @@ def test_flat_adam_steps_like_adam_and_shares_its_checkpoints():
         sd = opt_ref2.state_dict()
         sd["state"][0]["step"] = torch.tensor(9.0)
         opt2.load_state_dict(sd)
+    with pytest.raises(ValueError, match="one parameter group"):
+        opt2.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    flat.double()  # moved out of the buffer after the optimiser was made: its steps would be lost
+    with pytest.raises(RuntimeError, match="left FlatAdam's buffer"):
+        opt2.step()
 
 
 def test_compiled_gan_steps_match_eager():

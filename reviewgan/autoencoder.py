@@ -181,8 +181,8 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     block is converted, and its log-sum-exp, loss and gradient ((softmax - one-hot) / n) computed
     while it is in cache, mostly in place: one exp per logit, and the gradient stored once, in the
     logits' dtype (bf16 under autocast, as autocast's backward would cast it). The backward pass
-    then has nothing left to compute when the loss is not scaled. About a third of the time of
-    log_softmax + nll_loss + their backward on this CPU (docs/PERFORMANCE.md).
+    then has nothing left to compute when the loss is not scaled. A quarter of the time of
+    F.cross_entropy on float32 logits and its backward on this CPU (docs/PERFORMANCE.md).
     """
 
     BLOCK = 64  # rows: 64 x 8000 float32 = 2 MB, about one core's L2 cache

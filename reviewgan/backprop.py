@@ -34,6 +34,7 @@ from .autoencoder import squash
 from .config import GANConfig
 from .gan import Critic, Generator, ResidualMLP, critic_objective, generator_objective, penalty_of
 
+
 def supported(cfg: GANConfig) -> bool:
     return cfg.g_dropout == 0 and cfg.c_dropout == 0 and cfg.n_blocks > 0
 

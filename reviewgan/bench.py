@@ -31,7 +31,6 @@ from .autoencoder import Autoencoder, decoder_io
 from .config import Config, apply_overrides, load_preset
 from .data import Units, iterate_batches
 from .gan import Critic, GANSteps, Generator, critic_loss, generator_loss
-from .optim import FlatAdam, stacked_layout
 
 # --------------------------------------------------------------------------- helpers
 
@@ -156,9 +155,11 @@ def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) ->
     g = Generator(cfg.gan, cfg.ae.code_dim, "l2").to(device)
     c = Critic(cfg.gan, cfg.ae.code_dim).to(device)
     if mode == "baseline":  # torch's default Adam on a CPU: a loop over the parameters
-        og, oc = (torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.5, 0.9), foreach=False) for m in (g, c))
-    else:  # train.py's
-        og, oc = (FlatAdam(m.parameters(), lr=1e-4, betas=(0.5, 0.9), layout=stacked_layout(m)) for m in (g, c))
+        og, oc = (torch.optim.Adam(m.parameters(), lr=cfg.gan.lr, betas=tuple(cfg.gan.betas), foreach=False)
+                  for m in (g, c))
+    else:  # train.py's own (FlatAdam)
+        from .train import make_optimizer
+        og, oc = (make_optimizer(m, cfg) for m in (g, c))
     steps = GANSteps(g, c, cfg.gan, compile=mode == "compiled", log=lambda msg: None)
     codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim, device=device), dim=-1)
     labels = torch.randint(0, 2, (4096,), device=device)

@@ -29,9 +29,9 @@ from .config import Config
 from .data import (SENTIMENTS, Units, iterate_batches, length_stats, limit_records, load_records, make_units,
                    opinion_filter, sentences_of, split_records)
 from .gan import GANSteps, clip_weights_
-from .optim import FlatAdam, stacked_layout
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device, stage1_file
+from .optim import FlatAdam, stacked_layout
 from .tokenizer import PAD, Tokenizer
 
 

@@ -123,9 +123,13 @@ class Decoder(nn.Module):
         h0 = code.unsqueeze(0).contiguous()  # (1, B, C)
         return h0, torch.zeros_like(h0)
 
+    def hidden(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
+        """What the output layer reads: the LSTM's outputs (B, T, C), after dropout."""
+        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))
+        return dropout(y, self.p_drop, self.training)
+
     def forward(self, tokens: torch.Tensor, code: torch.Tensor, labels=None) -> torch.Tensor:
-        y, _ = self.lstm(self._inputs(tokens, code, labels), self.initial_state(code))  # (B, T, C)
-        return self.out(dropout(y, self.p_drop, self.training))  # (B, T, V)
+        return self.out(self.hidden(tokens, code, labels))  # (B, T, V)
 
     def step(self, tokens: torch.Tensor, code: torch.Tensor, state, labels=None):
         """One decoding step for a batch: tokens (B,) -> logits (B, V), new state.
@@ -154,66 +158,76 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * ((torch.rand(x.shape, device=x.device) >= p).to(x.dtype) * (1 / (1 - p)))
 
 
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
-    """Mean cross-entropy over the real positions of logits (B, T, V), and how many are predicted right.
+def output_loss(h: torch.Tensor, out: nn.Linear, targets: torch.Tensor, mask: torch.Tensor):
+    """Mean cross-entropy of the output layer `out` on hidden states h (B, T, C) over the real
+    positions, and how many of them it predicts right.
 
     Padding positions are ignored rather than selected out: (B, T) shapes repeat from batch to batch
     (T from the length buckets), so the matmul kernels prepared for a shape are reused, and no
-    (B, T, V) gather and scatter run; bucketed batches are ~1 % padding.
+    gather and scatter of (B, T, V) tensors run; bucketed batches are ~1 % padding. In training the
+    bias is left to the loss, which adds it as it converts each block of logits to float32 (a
+    separate bias pass over the bf16 (N, V) logits took ~8 ms a step) and counts the right tokens
+    from the maxima it computes anyway (a separate `amax` took ~5 ms).
     """
-    logits = logits.flatten(0, 1)
     target = targets.masked_fill(~mask, IGNORE).flatten()
-    if torch.is_grad_enabled() and logits.requires_grad:
-        ce = SoftmaxCrossEntropy.apply(logits, target)
-    else:  # evaluation: no gradient to prepare
-        ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
-    with torch.no_grad():  # right = the target is the top logit (amax is ~10x faster than argmax).
-        # A tie counts as right: possible only with bf16 logits (the training progress bar).
-        top = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1) >= logits.amax(-1)
-        correct = (top & mask.flatten()).sum()
-    return ce, correct
+    h = h.flatten(0, 1)  # (N, C): a 2-D product
+    if torch.is_grad_enabled() and (h.requires_grad or out.weight.requires_grad):
+        return SoftmaxCrossEntropy.apply(F.linear(h, out.weight), out.bias, target)
+    logits = out(h).float()  # evaluation: no gradient to prepare
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    top = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1) >= logits.amax(-1)
+    return ce, (top & (target != IGNORE)).sum()
 
 
 class SoftmaxCrossEntropy(torch.autograd.Function):
-    """F.cross_entropy(logits.float(), target, ignore_index=IGNORE), computed a block of rows at a time.
+    """F.cross_entropy((logits + bias).float(), target, ignore_index=IGNORE), computed a block of
+    rows at a time; also the number of real rows whose target is the top logit (a tie counts).
 
     The loss is float32 as under autocast, but no float32 copy of the (N, V) logits is made: each
-    block is converted, and its log-sum-exp, loss and gradient ((softmax - one-hot) / n) computed
-    while it is in cache, mostly in place: one exp per logit, and the gradient stored once, in the
+    block is converted into one reused buffer with the bias added, and its log-sum-exp, loss and
+    gradient ((softmax - one-hot) / n) computed while it is in cache, mostly in place: one exp per
+    logit, the bias's gradient summed from the block, and the logits' gradient stored once, in the
     logits' dtype (bf16 under autocast, as autocast's backward would cast it). The backward pass
-    then has nothing left to compute when the loss is not scaled. A quarter of the time of
-    F.cross_entropy on float32 logits and its backward on this CPU (docs/PERFORMANCE.md).
+    then has nothing left to compute when the loss is not scaled. docs/PERFORMANCE.md has timings.
     """
 
     BLOCK = 64  # rows: 64 x 8000 float32 = 2 MB, about one core's L2 cache
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor):
+        N, V = logits.shape
         real = target != IGNORE
         n = real.sum().clamp(min=1)
         grad = torch.empty_like(logits)
+        dbias = torch.zeros(V, dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for s in range(0, logits.size(0), SoftmaxCrossEntropy.BLOCK):
+        right = torch.empty(N, dtype=torch.bool, device=logits.device)
+        buf = torch.empty(min(N, SoftmaxCrossEntropy.BLOCK), V, dtype=torch.float32, device=logits.device)
+        for s in range(0, N, SoftmaxCrossEntropy.BLOCK):
             block = slice(s, s + SoftmaxCrossEntropy.BLOCK)
-            x = logits[block].to(torch.float32, copy=True)  # a copy even of float32 logits: changed in place
+            x = torch.add(logits[block], bias, out=buf[:min(N - s, buf.size(0))])  # float32, bias added
             t, keep = target[block].clamp(min=0)[:, None], real[block][:, None].float()
             picked = x.gather(1, t)
             top = x.amax(1, keepdim=True)
+            torch.ge(picked, top, out=right[block, None])
             e = x.sub_(top).exp_()  # exp(x - max): one exp per logit, for the loss and the gradient
             z = e.sum(1, keepdim=True)
             total += ((top + z.log() - picked) * keep).sum()  # log-sum-exp - target logit, real rows
-            e.mul_(keep / (z * n))  # softmax / n; padding rows: no gradient
-            grad[block] = e.scatter_add_(1, t, -keep / n)  # minus the one-hot target
-        ctx.save_for_backward(grad)
-        return total / n
+            e.mul_(keep / (z * n)).scatter_add_(1, t, -keep / n)  # (softmax - one-hot) / n; padding: 0
+            dbias += e.sum(0)
+            grad[block] = e
+        ctx.save_for_backward(grad, dbias.to(bias.dtype))
+        correct = (right & real).sum()
+        ctx.mark_non_differentiable(correct)
+        return total / n, correct
 
     @staticmethod
     @once_differentiable  # the stored gradient is a constant: a second derivative must fail, not be 0
-    def backward(ctx, g):
-        (grad,) = ctx.saved_tensors
+    def backward(ctx, g, _):
+        grad, dbias = ctx.saved_tensors
         if g.device.type == "cpu" and float(g) == 1.0:  # the usual loss.backward(): no pass over (N, V)
-            return grad, None
-        return grad * g.to(grad.dtype), None
+            return grad, dbias, None
+        return grad * g.to(grad.dtype), dbias * g, None
 
 
 def decoder_io(ids: torch.Tensor, lengths: torch.Tensor):
@@ -258,7 +272,7 @@ class Autoencoder(nn.Module):
         """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
         code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
         inputs, targets, mask = decoder_io(ids, lengths)
-        ce, correct = token_loss(self.decoder(inputs, code, labels), targets, mask)
+        ce, correct = output_loss(self.decoder.hidden(inputs, code, labels), self.decoder.out, targets, mask)
         return ce, kl, correct, mask.sum()
 
     @torch.no_grad()

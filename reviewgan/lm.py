@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .autoencoder import decode_loop, decoder_io, dropout, token_loss
+from .autoencoder import decode_loop, decoder_io, dropout, output_loss
 from .config import AEConfig
 from .tokenizer import PAD, START
 
@@ -31,15 +31,19 @@ class ConditionalLM(nn.Module):
         first = torch.where((tokens[:, 0] == START)[:, None], self.sentiment(labels), x[:, 0])
         return torch.cat([first.unsqueeze(1), x[:, 1:]], dim=1)
 
-    def forward(self, tokens, labels, state=None):
+    def hidden(self, tokens, labels, state=None):
+        """What the output layer reads: the LSTM's outputs (B, T, H) after dropout, and its state."""
         y, state = self.lstm(self._embed(tokens, labels), state)
-        return self.out(dropout(y, self.p_drop, self.training)), state
+        return dropout(y, self.p_drop, self.training), state
+
+    def forward(self, tokens, labels, state=None):
+        h, state = self.hidden(tokens, labels, state)
+        return self.out(h), state
 
     def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
         """Same interface as Autoencoder.loss: (cross-entropy, kl=0, correct tokens, tokens)."""
         inputs, targets, mask = decoder_io(ids, lengths)
-        logits, _ = self(inputs, labels)
-        ce, correct = token_loss(logits, targets, mask)
+        ce, correct = output_loss(self.hidden(inputs, labels)[0], self.out, targets, mask)
         return ce, ce.new_zeros(()), correct, mask.sum()
 
     @torch.no_grad()

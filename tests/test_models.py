@@ -229,36 +229,72 @@ def test_encoder_runs_between_lengths_under_bf16_autocast():
     assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=0.05)
 
 
+def _reference_ce(logits, bias, target):
+    """F.cross_entropy on float32 logits + bias, its gradients, and the count of right real rows."""
+    x, b = logits.detach().float().requires_grad_(), bias.detach().clone().requires_grad_()
+    z = x + b
+    loss = F.cross_entropy(z, target, ignore_index=IGNORE)
+    real = target != IGNORE
+    right = int((z.argmax(-1) == target)[real].sum())
+    return loss, x, b, right
+
+
 def test_softmax_cross_entropy_in_bf16_and_once_differentiable():
     torch.manual_seed(0)
     logits = (3 * torch.randn(6, 2, 9)).bfloat16()[:, 0].requires_grad_()  # non-contiguous rows
+    bias = torch.randn(9, requires_grad=True)
     target = torch.tensor([1, 2, IGNORE, 4, 5, 8])
-    loss = SoftmaxCrossEntropy.apply(logits, target)
+    loss, correct = SoftmaxCrossEntropy.apply(logits, bias, target)
     loss.backward()
-    assert logits.grad.dtype == torch.bfloat16
-    ref_logits = logits.detach().float().requires_grad_()
-    ref = F.cross_entropy(ref_logits, target, ignore_index=IGNORE)
+    assert logits.grad.dtype == torch.bfloat16 and bias.grad.dtype == torch.float32
+    ref, ref_logits, ref_bias, right = _reference_ce(logits, bias, target)
     ref.backward()
-    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(loss, ref, atol=1e-5) and int(correct) == right
     assert torch.allclose(logits.grad.float(), ref_logits.grad, atol=2e-3)
+    assert torch.allclose(bias.grad, ref_bias.grad, atol=1e-6)
     with pytest.raises(RuntimeError):  # the stored gradient is not differentiable again
-        g, = torch.autograd.grad(SoftmaxCrossEntropy.apply(logits, target), logits, create_graph=True)
+        g, = torch.autograd.grad(SoftmaxCrossEntropy.apply(logits, bias, target)[0], logits, create_graph=True)
         g.sum().backward()
 
 
 def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):
     monkeypatch.setattr(SoftmaxCrossEntropy, "BLOCK", 4)  # 10 rows: two full blocks and a partial one
     torch.manual_seed(0)
-    logits = (3 * torch.randn(10, 7)).requires_grad_()
+    logits, bias = (3 * torch.randn(10, 7)).requires_grad_(), torch.randn(7, requires_grad=True)
     target = torch.randint(0, 7, (10,))
     target[[1, 8]] = IGNORE
-    (2 * SoftmaxCrossEntropy.apply(logits, target)).backward()
-    ours, logits.grad = logits.grad, None
-    ref = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    before = logits.detach().clone()
+    loss, correct = SoftmaxCrossEntropy.apply(logits, bias, target)
+    (2 * loss).backward()  # a scaled loss: the stored gradients are scaled on the way back
+    assert torch.equal(logits, before)  # float32 logits are read, not overwritten
+    ref, ref_logits, ref_bias, right = _reference_ce(logits, bias, target)
     (2 * ref).backward()
-    assert torch.allclose(SoftmaxCrossEntropy.apply(logits, target), ref, atol=1e-6)
-    assert torch.allclose(ours, logits.grad, atol=1e-6)
-    assert ours[[1, 8]].abs().sum() == 0  # ignored rows get no gradient
+    assert torch.allclose(loss, ref, atol=1e-6) and int(correct) == right
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
+    assert torch.allclose(bias.grad, ref_bias.grad, atol=1e-6)
+    assert logits.grad[[1, 8]].abs().sum() == 0  # ignored rows get no gradient
+
+
+def test_lm_loss_equals_cross_entropy_of_its_logits():
+    # The LM baseline's training loss (bias added inside the blockwise loss) against F.cross_entropy
+    # on its forward pass's logits: same loss, gradients and count of right tokens.
+    from reviewgan.lm import ConditionalLM
+    torch.manual_seed(0)
+    lm = ConditionalLM(30, AEConfig(emb_dim=8, code_dim=16, dropout=0.0))
+    ids, lens = batch([[5, 6, 7, END], [8, 9, END], [7, END]])
+    labels = torch.tensor([0, 1, 1])
+    ce, _, correct, n = lm.loss(ids, lens, labels)
+    ce.backward()
+    grads = _grads(lm)
+    lm.zero_grad()
+    inputs, targets, mask = decoder_io(ids, lens)
+    logits = lm(inputs, labels)[0][mask]
+    ref = F.cross_entropy(logits, targets[mask])
+    ref.backward()
+    assert torch.allclose(ce, ref, atol=1e-6) and int(n) == 9
+    assert int(correct) == int((logits.argmax(-1) == targets[mask]).sum())
+    for a, b in zip(grads, _grads(lm), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_dropout_draws_a_fresh_scaled_mask_in_training_only():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import queue
 import resource
 import time
 
@@ -117,9 +118,11 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, de
     else:
         perm = np.random.default_rng(0).permutation(len(units))
         batches = [perm[i:i + B] for i in range(0, len(perm), B)]
+    batches = batches[:steps + 2]  # two warm-up steps, then the timed ones
+    if len(batches) < 3:
+        raise ValueError(f"{len(units)} units make {len(batches)} batches of {B}: too few to time a step")
     real = computed = 0
-    t0 = None
-    for step, idx in enumerate(batches[:steps + 2]):
+    for step, idx in enumerate(batches):
         ids, lens, labels = pad_batch(units, idx, device)
         if not optimised:  # the straightforward way: every batch padded to max_len
             ids = torch.cat([ids, ids.new_zeros(ids.size(0), T - ids.size(1))], dim=1)
@@ -235,8 +238,10 @@ def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu"
 
 def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
     cfg = Config.from_dict(cfg_dict)
-    if kind == "train":
-        bench_autoencoder(cfg, synthetic_units(cfg, 256), True, 2)
+    if kind not in ("train", "generate"):
+        raise ValueError(f"unknown memory measurement {kind!r}")
+    if kind == "train":  # two warm-up steps and two measured ones, at the recipe's batch size
+        bench_autoencoder(cfg, synthetic_units(cfg, 4 * cfg.ae.batch_size), True, 2)
         bench_gan(cfg, "eager", 1)
     else:
         bench_generation(cfg, 1000, 1)
@@ -261,7 +266,13 @@ def peak_rss_mb(kind: str, cfg: Config) -> float:
     q = ctx.Queue()
     p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q))
     p.start()
-    value = q.get(timeout=600)
+    while True:  # a child that died would otherwise leave this waiting for its figure
+        try:
+            value = q.get(timeout=1)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"the {kind} memory measurement failed (exit code {p.exitcode})") from None
     p.join()
     return float(value)
 
@@ -269,9 +280,12 @@ def peak_rss_mb(kind: str, cfg: Config) -> float:
 # --------------------------------------------------------------------------- entry point
 
 
-def run_bench(quick: bool = False, preset: str = "default", log=print, device: str = "cpu") -> dict:
+def run_bench(quick: bool = False, preset: str = "default", log=print, device: str = "cpu",
+              overrides: list[str] = ()) -> dict:
+    """Every figure, in one run. overrides: `section.key=value` changes to the preset, to measure a
+    variant of its recipe (e.g. `ae.batch_size=256`); recorded in the result."""
     from .model import resolve_device
-    cfg = load_preset(preset)
+    cfg = apply_overrides(load_preset(preset), list(overrides))
     dev = resolve_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -281,7 +295,7 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
         steps, iters = steps * 4, iters * 4  # GPU steps are short: time more of them
     else:
         name = f"cpu ({torch.get_num_threads()} threads)"
-    result = {"device": name, "preset": preset, "quick": quick}
+    result = {"device": name, "preset": preset, "overrides": list(overrides), "quick": quick}
     n_mm = (1024 if quick else 2048) * (4 if dev.type == "cuda" else 1)  # a GPU needs big matrices to reach its peak
     log("measuring matmul throughput...")
     result["matmul_gflops"] = matmul_gflops(torch.bfloat16, n_mm, 0.3 if quick else 1.5, dev)
@@ -338,5 +352,6 @@ def format_table(r: dict) -> str:
     ]
     w = [max(len(row[i]) for row in rows) for i in range(4)]
     head = f"{'':{w[0]}}  {'optimised':{w[1]}}  {'baseline':{w[2]}}  speedup"
-    return "\n".join([f"device: {r['device']}", head] + [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows])
+    recipe = r.get("preset", "") + "".join(f" --set {o}" for o in r.get("overrides", []))
+    return "\n".join([f"device: {r['device']}" + (f"; preset {recipe}" if recipe else ""), head] + [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows])
 

@@ -133,7 +133,7 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device)
+    result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device, overrides=args.overrides)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="measure a variant of the preset's recipe, e.g. --set ae.batch_size=256 (repeatable)")
     b.set_defaults(func=cmd_bench)
 
     v = sub.add_parser("serve", help="web page and HTTP API (pip install 'reviewgan[serve]')")

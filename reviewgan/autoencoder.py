@@ -172,7 +172,8 @@ def output_loss(h: torch.Tensor, out: nn.Linear, targets: torch.Tensor, mask: to
     target = targets.masked_fill(~mask, IGNORE).flatten()
     h = h.flatten(0, 1)  # (N, C): a 2-D product
     if torch.is_grad_enabled() and (h.requires_grad or out.weight.requires_grad):
-        return SoftmaxCrossEntropy.apply(F.linear(h, out.weight), out.bias, target)
+        bias = out.bias if out.bias is not None else h.new_zeros(out.out_features, dtype=torch.float32)
+        return SoftmaxCrossEntropy.apply(F.linear(h, out.weight), bias, target)
     logits = out(h).float()  # evaluation: no gradient to prepare
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
     top = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1) >= logits.amax(-1)
@@ -225,9 +226,10 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     @once_differentiable  # the stored gradient is a constant: a second derivative must fail, not be 0
     def backward(ctx, g, _):
         grad, dbias = ctx.saved_tensors
-        if g.device.type == "cpu" and float(g) == 1.0:  # the usual loss.backward(): no pass over (N, V)
+        scale = float(g)  # a Python number: bf16 gradients scaled by it exactly, not by a bf16 copy of it
+        if scale == 1.0:  # the usual loss.backward(): no pass over (N, V)
             return grad, dbias, None
-        return grad * g.to(grad.dtype), dbias * g, None
+        return grad * scale, dbias * scale, None
 
 
 def decoder_io(ids: torch.Tensor, lengths: torch.Tensor):

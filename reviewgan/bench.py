@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import queue
 import resource
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -266,22 +266,20 @@ def peak_rss_mb(kind: str, cfg: Config) -> float:
     q = ctx.Queue()
     p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q))
     p.start()
-    while True:  # a child that died would otherwise leave this waiting for its figure
-        try:
-            value = q.get(timeout=1)
-            break
-        except queue.Empty:
-            if not p.is_alive():
-                raise RuntimeError(f"the {kind} memory measurement failed (exit code {p.exitcode})") from None
-    p.join()
-    return float(value)
+    p.join(timeout=600)  # the child sends one number, so it can exit before the queue is read
+    if p.is_alive():
+        p.kill()
+        raise RuntimeError(f"the {kind} memory measurement took over 10 minutes")
+    if p.exitcode != 0:
+        raise RuntimeError(f"the {kind} memory measurement failed (exit code {p.exitcode})")
+    return float(q.get(timeout=10))
 
 
 # --------------------------------------------------------------------------- entry point
 
 
 def run_bench(quick: bool = False, preset: str = "default", log=print, device: str = "cpu",
-              overrides: list[str] = ()) -> dict:
+              overrides: Sequence[str] = ()) -> dict:
     """Every figure, in one run. overrides: `section.key=value` changes to the preset, to measure a
     variant of its recipe (e.g. `ae.batch_size=256`); recorded in the result."""
     from .model import resolve_device

@@ -263,6 +263,8 @@ def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):
     logits, bias = (3 * torch.randn(10, 7)).requires_grad_(), torch.randn(7, requires_grad=True)
     target = torch.randint(0, 7, (10,))
     target[[1, 8]] = IGNORE
+    with torch.no_grad():  # an ignored row whose top logit is class 0, where its target is clamped to
+        logits[1, 0] = 50
     before = logits.detach().clone()
     loss, correct = SoftmaxCrossEntropy.apply(logits, bias, target)
     (2 * loss).backward()  # a scaled loss: the stored gradients are scaled on the way back
@@ -275,12 +277,35 @@ def test_softmax_cross_entropy_matches_torch_across_blocks(monkeypatch):
     assert logits.grad[[1, 8]].abs().sum() == 0  # ignored rows get no gradient
 
 
+def test_softmax_cross_entropy_scales_bf16_gradients_by_the_exact_factor():
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(5, 9)).bfloat16().requires_grad_()
+    bias, target = torch.randn(9, requires_grad=True), torch.tensor([1, 2, IGNORE, 4, 5])
+    SoftmaxCrossEntropy.apply(logits, bias, target)[0].backward()
+    g1, b1 = logits.grad.float(), bias.grad.clone()
+    logits.grad = bias.grad = None
+    (SoftmaxCrossEntropy.apply(logits, bias, target)[0] / 3).backward()  # bf16 would round 1/3 up 0.2 %
+    assert torch.allclose(logits.grad.float(), (g1 / 3).bfloat16().float(), rtol=0, atol=0)
+    assert torch.allclose(bias.grad, b1 / 3, atol=1e-7)
+
+
+def test_output_loss_of_a_layer_without_bias():
+    from reviewgan.autoencoder import output_loss
+    torch.manual_seed(0)
+    out, h = torch.nn.Linear(4, 7, bias=False), torch.randn(2, 3, 4, requires_grad=True)
+    targets, mask = torch.randint(0, 7, (2, 3)), torch.tensor([[True, True, False], [True, True, True]])
+    ce, _ = output_loss(h, out, targets, mask)
+    assert torch.allclose(ce, F.cross_entropy(out(h)[mask], targets[mask]), atol=1e-6)
+
+
 def test_lm_loss_equals_cross_entropy_of_its_logits():
     # The LM baseline's training loss (bias added inside the blockwise loss) against F.cross_entropy
     # on its forward pass's logits: same loss, gradients and count of right tokens.
     from reviewgan.lm import ConditionalLM
     torch.manual_seed(0)
     lm = ConditionalLM(30, AEConfig(emb_dim=8, code_dim=16, dropout=0.0))
+    with torch.no_grad():
+        lm.out.bias[7] = 5  # token 7 predicted everywhere: right twice
     ids, lens = batch([[5, 6, 7, END], [8, 9, END], [7, END]])
     labels = torch.tensor([0, 1, 1])
     ce, _, correct, n = lm.loss(ids, lens, labels)
@@ -291,10 +316,13 @@ def test_lm_loss_equals_cross_entropy_of_its_logits():
     logits = lm(inputs, labels)[0][mask]
     ref = F.cross_entropy(logits, targets[mask])
     ref.backward()
-    assert torch.allclose(ce, ref, atol=1e-6) and int(n) == 9
-    assert int(correct) == int((logits.argmax(-1) == targets[mask]).sum())
+    right = int((logits.argmax(-1) == targets[mask]).sum())
+    assert torch.allclose(ce, ref, atol=1e-6) and int(n) == 9 and int(correct) == right == 2
     for a, b in zip(grads, _grads(lm), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # evaluation's path: the whole output layer and F.cross_entropy
+        ce_eval, _, correct_eval, _ = lm.loss(ids, lens, labels)
+    assert torch.allclose(ce_eval, ref, atol=1e-6) and int(correct_eval) == right
 
 
 def test_dropout_draws_a_fresh_scaled_mask_in_training_only():
@@ -311,12 +339,15 @@ def test_dropout_draws_a_fresh_scaled_mask_in_training_only():
 
 
 def test_autoencoder_loss_equals_the_straightforward_loss():
-    # The optimised loss (runs between lengths, ignore_index, blockwise softmax, amax accuracy) against
-    # the obvious one the benchmark's baseline uses: same loss, gradients and count of right tokens.
+    # The optimised loss (runs between lengths, ignore_index, blockwise softmax with the bias and the
+    # count of right tokens inside) against the obvious one the benchmark's baseline uses, and against
+    # evaluation's path (no gradient): same loss, gradients and count of right tokens.
     torch.manual_seed(0)
     cfg = AEConfig(emb_dim=8, enc_hidden=8, code_dim=16, dropout=0.0, code_to_input=True,
                    label_to_decoder=True, enc_bidirectional=True)
     ae = Autoencoder(30, cfg)
+    with torch.no_grad():
+        ae.decoder.out.bias[6] = 5  # token 6 predicted everywhere: right four times
     ids, lens = batch([[5, 6, 7, END], [8, 9, END], [6, 6, 6, END], [7, END]])
     labels = torch.tensor([0, 1, 1, 0])
     ce, _, correct, n = ae.loss(ids, lens, labels)
@@ -325,9 +356,13 @@ def test_autoencoder_loss_equals_the_straightforward_loss():
     ae.zero_grad()
     ref, ref_correct, ref_n = straightforward_ae_loss(ae, ids, lens, labels)
     ref.backward()
-    assert torch.allclose(ce, ref, atol=1e-6) and int(correct) == int(ref_correct) and int(n) == int(ref_n) == 13
+    assert torch.allclose(ce, ref, atol=1e-6) and int(n) == int(ref_n) == 13
+    assert int(correct) == int(ref_correct) == 4
     for a, b in zip(grads, _grads(ae), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():
+        ce_eval, _, correct_eval, _ = ae.loss(ids, lens, labels)
+    assert torch.allclose(ce_eval, ref, atol=1e-6) and int(correct_eval) == 4
 
 
 def test_sampling_follows_the_distribution_and_skips_impossible_tokens():

@@ -351,5 +351,6 @@ def format_table(r: dict) -> str:
     w = [max(len(row[i]) for row in rows) for i in range(4)]
     head = f"{'':{w[0]}}  {'optimised':{w[1]}}  {'baseline':{w[2]}}  speedup"
     recipe = r.get("preset", "") + "".join(f" --set {o}" for o in r.get("overrides", []))
-    return "\n".join([f"device: {r['device']}" + (f"; preset {recipe}" if recipe else ""), head] + [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows])
+    title = f"device: {r['device']}" + (f"; preset {recipe}" if recipe else "")
+    return "\n".join([title, head] + [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows])
 

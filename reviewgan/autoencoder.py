@@ -6,6 +6,7 @@ Decoder: Embedding(V, 100) [+ code at every step] -> LSTM(600, h_0 = code) -> Dr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from .config import AEConfig
 from .tokenizer import END, PAD, START
+from .units import Units, pad_batch
 
 IGNORE = -100  # target of padding positions: cross_entropy's ignore_index
 MAX_SEGMENTS = 4  # a batch with more distinct lengths than this is packed for the encoder
@@ -349,3 +351,34 @@ def sample_top_p(logits: torch.Tensor, temperature, top_p, generator=None, u=Non
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:])
     return idx.squeeze(-1).clamp_(max=probs.size(-1) - 1)
+
+
+# --------------------------------------------------------------------------- over a whole split
+
+
+@torch.no_grad()
+def evaluate_autoencoder(ae: Autoencoder, units: Units, device, batch_size: int = 256) -> dict:
+    """Teacher-forced reconstruction loss and token accuracy on held-out units (no noise, no dropout);
+    also the LM baseline's validation (same `loss` interface)."""
+    ae.eval()
+    tot_loss = tot_correct = tot_tokens = 0.0
+    order = np.argsort(units.lengths(), kind="stable")
+    for s in range(0, len(order), batch_size):
+        ids, lengths, labels = pad_batch(units, order[s:s + batch_size], device)
+        ce, _, correct, n = ae.loss(ids, lengths, labels)
+        tot_loss += float(ce) * int(n); tot_correct += int(correct); tot_tokens += int(n)
+    ae.train()
+    return {"recon_loss": tot_loss / max(tot_tokens, 1), "token_acc": tot_correct / max(tot_tokens, 1)}
+
+
+@torch.no_grad()
+def encode_units(ae: Autoencoder, units: Units, device, batch_size: int = 512) -> torch.Tensor:
+    """Codes of every unit (N, code_dim), in the units' order: the GAN's "real" data."""
+    ae.eval()
+    order = np.argsort(units.lengths(), kind="stable")
+    codes = torch.empty(len(units), ae.cfg.code_dim, device=device)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, lengths, _ = pad_batch(units, idx, device)
+        codes[torch.as_tensor(idx, device=device)] = ae.encode(ids, lengths)[0]
+    return codes

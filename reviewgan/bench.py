@@ -7,11 +7,12 @@ timings on shared machines are noisy).
   packing, loss without gathering real positions); baseline = fp32, every batch padded to max_len,
   random batches, plain Adam, the straightforward loss (packed encoder, logits selected by mask)
 - GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks);
-  baseline = a fake batch per critic step, a critic pass per input kind, autograd, per-parameter
-  Adam; optimised = train.py's loop: the n_critic fake batches in one generator pass, one critic
-  pass over real, fake and interpolates, hand-derived gradients (backprop.py) and FlatAdam
-  (optim.py); also (not with --quick) the same loop with each step one torch.compile graph of the
-  autograd losses (train.compile, gan.GANSteps)
+  baseline = the straightforward loop: one module per residual block, a fake batch per critic step,
+  a critic pass per kind of input, critic weight gradients computed in the generator step too,
+  per-parameter Adam; optimised = train.py's loop: stacked block weights, the n_critic fake batches
+  in one generator pass, one critic pass over real, fake and interpolates, no critic weight gradients
+  in the generator step, fused Adam over 8 tensors per network, with the hand-derived gradients of
+  gan_fast.py; reference = the same loop with gan.py's autograd steps
 - generation: 1000 reviews per sentiment, batched vs one at a time
 - peak resident memory of a training step and of generation (each in a fresh process)
 """
@@ -26,12 +27,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .autoencoder import Autoencoder, decoder_io
 from .config import Config, apply_overrides, load_preset
-from .data import Units, iterate_batches
-from .gan import Critic, GANSteps, Generator, critic_loss, generator_loss
+from .units import Units, iterate_batches, pad_batch
+from .gan import Critic, Generator, ResidualMLP, critic_loss, generator_loss
 
 # --------------------------------------------------------------------------- helpers
 
@@ -82,7 +84,7 @@ def synthetic_units(cfg: Config, n: int, seed: int = 0) -> Units:
 
 def real_units(cfg: Config, n: int) -> Units | None:
     try:
-        from .train import prepare_data
+        from .units import prepare_data
         cfg = apply_overrides(cfg, [f"data.limit={n}"])
         return prepare_data(cfg, log=lambda m: None).units["train"]
     except Exception:  # no dataset installed: fall back to synthetic units of the same shape
@@ -93,8 +95,7 @@ def real_units(cfg: Config, n: int) -> Units | None:
 
 
 def straightforward_ae_loss(ae: Autoencoder, ids, lengths, labels):
-    """Stage 1's loss written the obvious way (as `Autoencoder.loss` computed it before the fourth
-    session), for the baseline: a packed encoder, logits at every (B, T) position then the real ones
+    """Stage 1's loss written the obvious way, for the baseline: a packed encoder, logits at every (B, T) position then the real ones
     selected, argmax accuracy. -> (cross-entropy, correct tokens, real tokens). Tests check it
     equals `ae.loss`.
     """
@@ -107,7 +108,6 @@ def straightforward_ae_loss(ae: Autoencoder, ids, lengths, labels):
 
 
 def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, device=torch.device("cpu")) -> dict:
-    from .train import pad_batch
     torch.manual_seed(0)
     ae = Autoencoder(cfg.data.vocab_size, cfg.ae).to(device).train()
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3, fused=optimised)
@@ -149,26 +149,51 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, de
 # --------------------------------------------------------------------------- GAN
 
 
-def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) -> dict:
-    """Iterations/s of stage 2. mode: baseline | eager | compiled (see the module docstring).
+class StraightforwardMLP(nn.Module):
+    """gan.ResidualMLP as one writes it first, one nn.Module per block, with the same weights."""
 
-    -> {"iters_per_s", "warmup_s"}; warmup_s is the first two iterations, compilation included.
-    """
+    def __init__(self, net: ResidualMLP):
+        super().__init__()
+        self.inp, self.out = net.inp, net.out
+        self.blocks = nn.ModuleList()
+        for l in range(net.n_blocks):
+            fc1, fc2 = nn.Linear(*net.w1.shape[1:]), nn.Linear(*net.w2.shape[1:])
+            with torch.no_grad():
+                fc1.weight.copy_(net.w1[l]); fc1.bias.copy_(net.b1[l]); fc2.weight.copy_(net.w2[l]); fc2.bias.copy_(net.b2[l])
+            self.blocks.append(nn.ModuleList([fc1, fc2]))
+
+    def features(self, x):
+        h = self.inp(x)
+        for fc1, fc2 in self.blocks:
+            h = h + fc2(F.relu(fc1(h)))
+        return h
+
+    def forward(self, x):
+        return self.out(self.features(x))
+
+
+def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) -> dict:
+    """Iterations/s of stage 2. mode: baseline | reference | optimised (see the module docstring)."""
+    from .gan import ReferenceSteps
+    from .gan_fast import FastSteps
+    from .train import make_optimizer
     torch.manual_seed(0)
-    g = Generator(cfg.gan, cfg.ae.code_dim, "l2").to(device)
-    c = Critic(cfg.gan, cfg.ae.code_dim).to(device)
+    g = Generator(cfg.gan, cfg.ae.code_dim, "l2")
+    c = Critic(cfg.gan, cfg.ae.code_dim)
+    if mode == "baseline":
+        g.net, c.net = StraightforwardMLP(g.net), StraightforwardMLP(c.net)
+    g, c = g.to(device), c.to(device)
     if mode == "baseline":  # torch's default Adam on a CPU: a loop over the parameters
         og, oc = (torch.optim.Adam(m.parameters(), lr=cfg.gan.lr, betas=tuple(cfg.gan.betas), foreach=False)
                   for m in (g, c))
-    else:  # train.py's own (FlatAdam)
-        from .train import make_optimizer
+    else:  # train.py's own
         og, oc = (make_optimizer(m, cfg) for m in (g, c))
-    steps = GANSteps(g, c, cfg.gan, compile=mode == "compiled", log=lambda msg: None)
+        steps = (FastSteps if mode == "optimised" else ReferenceSteps)(g, c, cfg.gan)
     codes = torch.nn.functional.normalize(torch.randn(4096, cfg.ae.code_dim, device=device), dim=-1)
     labels = torch.randint(0, 2, (4096,), device=device)
     B, K = cfg.gan.batch_size, cfg.gan.n_critic
 
-    def baseline_iteration():  # the straightforward loop: a fake batch, three critic passes, autograd
+    def baseline_iteration():  # a fake batch per step, three critic passes, critic gradients in G's step
         for _ in range(K):
             idx = torch.randint(0, len(codes), (B,), device=device)
             y = labels[idx]
@@ -188,23 +213,18 @@ def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) ->
         for k in range(K):
             steps.critic_step(codes[idx[k]], y[k], fakes[k], y[k], eps[k])
             oc.step()
-        y = torch.randint(0, 2, (B,), device=device)
-        steps.generator_step(torch.randn(B, cfg.gan.noise_dim, device=device), y)
+        steps.generator_step(torch.randn(B, cfg.gan.noise_dim, device=device), torch.randint(0, 2, (B,), device=device))
         og.step()
 
     step = baseline_iteration if mode == "baseline" else iteration
-    t0 = time.perf_counter()
-    for _ in range(2):
+    for _ in range(2):  # warm-up
         step()
     sync(device)
-    warmup = time.perf_counter() - t0
-    if mode == "compiled" and not steps.compiled:
-        return {"iters_per_s": float("nan"), "warmup_s": warmup}  # compilation failed on this machine
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
     sync(device)
-    return {"iters_per_s": iters / (time.perf_counter() - t0), "warmup_s": warmup}
+    return {"iters_per_s": iters / (time.perf_counter() - t0)}
 
 
 # --------------------------------------------------------------------------- generation
@@ -242,7 +262,7 @@ def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
         raise ValueError(f"unknown memory measurement {kind!r}")
     if kind == "train":  # two warm-up steps and two measured ones, at the recipe's batch size
         bench_autoencoder(cfg, synthetic_units(cfg, 4 * cfg.ae.batch_size), True, 2)
-        bench_gan(cfg, "eager", 1)
+        bench_gan(cfg, "optimised", 1)
     else:
         bench_generation(cfg, 1000, 1)
     q.put(_peak_rss_mib())
@@ -309,17 +329,13 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
                   ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
                   baseline_padding_frac=base["padding_frac"],
                   mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
-    log("GAN training: optimised vs straightforward eager" + (" (compiled steps skipped: --quick)" if quick else
-                                                                 ", and compiled (about a minute to compile)..."))
+    log("GAN training: optimised and reference vs straightforward...")
     base = bench_gan(cfg, "baseline", iters, dev)
-    eager = bench_gan(cfg, "eager", iters, dev)
-    comp = bench_gan(cfg, "compiled", iters * 3, dev) if not quick else {"iters_per_s": float("nan")}
-    compiled_ok = math.isfinite(comp["iters_per_s"])
-    result["gan_iters_per_s"] = eager["iters_per_s"]  # train.py's default path
-    result["gan_baseline_iters_per_s"] = base["iters_per_s"]
-    result["gan_speedup"] = eager["iters_per_s"] / base["iters_per_s"]
-    result["gan_compiled_iters_per_s"] = comp["iters_per_s"] if compiled_ok else None  # None: not measured
-    result["gan_compile_s"] = comp["warmup_s"] if compiled_ok else None
+    fast = bench_gan(cfg, "optimised", iters, dev)
+    ref = bench_gan(cfg, "reference", iters, dev)
+    result.update(gan_iters_per_s=fast["iters_per_s"], gan_baseline_iters_per_s=base["iters_per_s"],
+                  gan_speedup=fast["iters_per_s"] / base["iters_per_s"], gan_reference_iters_per_s=ref["iters_per_s"],
+                  gan_reference_speedup=ref["iters_per_s"] / base["iters_per_s"])
     log("generation: batched vs one at a time...")
     gen = bench_generation(cfg, 100 if quick else 1000, single, dev)
     result.update(gen, gen_speedup=gen["gen_one_at_a_time_1000_s"] / gen["gen_1000_s"])
@@ -338,11 +354,9 @@ def format_table(r: dict) -> str:
         ("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", ""),
         ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s bf16", "", ""),
         ("GAN training", f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
+        ("  with autograd's gradients (gan.py)", f"{r['gan_reference_iters_per_s']:.2f} it/s", "",
+         f"{r['gan_reference_speedup']:.2f}x"),
     ]
-    if r.get("gan_compiled_iters_per_s"):
-        rows.append(("  compiled steps (train.compile)", f"{r['gan_compiled_iters_per_s']:.2f} it/s "
-                     f"after {r['gan_compile_s']:.0f} s compiling", "",
-                     f"{r['gan_compiled_iters_per_s'] / r['gan_baseline_iters_per_s']:.2f}x"))
     rows += [
         ("generation, 1000 reviews", f"{r['gen_1000_s']:.2f} s", f"{r['gen_one_at_a_time_1000_s']:.1f} s",
          f"{r['gen_speedup']:.1f}x"),

@@ -26,13 +26,26 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import __version__, dist
+from .config import Config, ConfigError, apply_overrides
+
 FORMAT = "reviewgan-model"
 FORMAT_VERSION = 1
 MAX_JSON_BYTES = 10_000_000
 
 
+# Every file a run directory may hold: what `--force` replaces, and nothing else.
+MODEL_FILES = ("config.json", "tokenizer.json", "autoencoder.safetensors", "lm.safetensors", "generator.safetensors",
+               "critic.safetensors", "metrics.jsonl", "train_state", ".pending")
+
+
 class ModelError(ValueError):
     """A user-facing model-directory problem: missing, corrupt, or incompatible."""
+
+
+def stage1_file(cfg) -> str:
+    """The stage-1 weights' file name: the autoencoder, or the LM baseline."""
+    return "lm.safetensors" if cfg.model == "lm" else "autoencoder.safetensors"
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -130,6 +143,8 @@ def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    if hasattr(module, "upgrade_state_dict"):  # an older layout of the same weights, converted in code
+        tensors = module.upgrade_state_dict(tensors)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -147,11 +162,73 @@ def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
         return f.metadata() or {}
 
 
+# --------------------------------------------------------------------------- the run directory while training
+
+
+class Run:
+    """A run directory: the model files, train_state/, metrics.jsonl; resumable and crash-safe."""
+
+    def __init__(self, out: Path, cfg: Config, device: torch.device, log=print):
+        self.out, self.cfg, self.device, self.log = Path(out), cfg, device, log
+        self.state: dict = {"ae": {"epoch": 0, "batch": 0, "step": 0, "done": False},
+                            "gan": {"step": 0, "done": False}, "ckpt": 0}
+
+    def metric(self, record: dict) -> None:
+        if not dist.is_main():
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self, tokenizer, ae, gen=None, critic=None, optims: dict | None = None, rng: dict | None = None,
+             metrics: dict | None = None) -> None:
+        """Write one checkpoint atomically: weights, config, tokenizer and the training state."""
+        self.state["ckpt"] += 1
+        if not dist.is_main():  # one writer; the others wait until the checkpoint is complete
+            dist.barrier()
+            return
+        w = CheckpointWriter(self.out)
+        stages = [self.cfg.model if self.cfg.model == "lm" else "ae"] + (["gan"] if gen is not None else [])
+        tag = {"ckpt": self.state["ckpt"], "reviewgan": __version__}
+        w.tensors(stage1_file(self.cfg), state_tensors(ae), tag)
+        if gen is not None:
+            w.tensors("generator.safetensors", state_tensors(gen), tag)
+            w.tensors("critic.safetensors", state_tensors(critic), tag)
+        w.text("tokenizer.json", tokenizer.to_str())
+        w.json("config.json", {"format": FORMAT, "format_version": FORMAT_VERSION, "reviewgan": __version__,
+                               "stages": stages, "vocab_size": tokenizer.vocab_size, "config": self.cfg.to_dict(),
+                               "metrics": metrics or {}})
+        for name, opt in (optims or {}).items():
+            tensors, meta = optimizer_tensors(opt)
+            w.tensors(f"train_state/{name}.safetensors", tensors)
+            self.state[f"{name}_meta"] = meta
+        w.tensors("train_state/rng.safetensors", rng or {"torch": torch.get_rng_state()})
+        w.json("train_state/state.json", self.state)
+        w.commit()
+        dist.barrier()
+
+    def load_state(self) -> dict:
+        recover(self.out)
+        path = self.out / "train_state" / "state.json"
+        if path.exists():
+            self.state = read_json(path)
+        return self.state
+
+    def load_optimizer(self, name: str, opt) -> None:
+        p = self.out / "train_state" / f"{name}.safetensors"
+        if p.exists() and f"{name}_meta" in self.state:
+            load_optimizer(opt, load_file(str(p)), self.state[f"{name}_meta"])
+        elif f"{name}_meta" in self.state:  # e.g. a run copied between machines without its optimiser state
+            self.log(f"warning: {p} is missing: {name} continues with fresh moment estimates")
+
+    def rng(self) -> dict:
+        p = self.out / "train_state" / "rng.safetensors"
+        return load_file(str(p)) if p.exists() else {}
+
+
 def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False,
                  sample: list[str] | None = None) -> list[Path]:
     """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training
     state. `sample` overrides the default decoding (`sample.key=value`): nothing that training produced."""
-    from .config import Config, ConfigError, apply_overrides
     src, dst = Path(src), Path(dst)
     meta = read_model_config(src)
     if sample:

@@ -62,7 +62,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .train import stats
+    from .report import stats
     cfg = _config(args)
     result = stats(cfg, Path(args.out) if args.out else None)
     if args.json:

@@ -1,8 +1,8 @@
-"""Text in: datasets, cleaning, sentence splitting, deterministic splits, short reviews as token ids.
+"""Text in: datasets, cleaning, sentence splitting, deterministic splits.
 
-The pipeline: raw reviews -> `load_records` (dedup, bad rows counted) -> `split_records` (stable
-hash) -> `clean_text` + `split_sentences` -> `make_units` (opening whole sentences up to max_len
-tokens, or single sentences) -> lists of token ids with [END] appended.
+raw reviews -> `load_records` (exact duplicates and bad rows dropped, counted) -> `split_records`
+(by a hash of the text) -> `sentences_of` (`clean_text` + `split_sentences`). units.py then cuts
+the sentences into the token-id units the models train on.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import numpy as np
 
 
 class DataError(ValueError):
@@ -218,28 +216,6 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENT_END.split(text) if s.strip()]
 
 
-# --------------------------------------------------------------------------- units
-
-
-@dataclass
-class Units:
-    """Tokenised training units: `ids[i]` ends with [END]; `labels[i]` is 0/1; `texts[i]` the cleaned text."""
-    ids: list[list[int]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    dropped_long: int = 0  # first sentence alone longer than max_len
-    filtered: int = 0  # removed by the opinion filter
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, ids: list[int], label: int, text: str) -> None:
-        self.ids.append(ids); self.labels.append(label); self.texts.append(text)
-
-    def lengths(self) -> np.ndarray:
-        return np.array([len(x) for x in self.ids], dtype=np.int64)
-
-
 MAX_SENTENCES = 12  # a 40-token short review never needs more opening sentences than this
 
 
@@ -258,108 +234,3 @@ def limit_records(records: list[Record], n: int) -> list[Record]:
         return records
     keep = set(sorted(range(len(records)), key=lambda i: stable_unit(records[i].text))[:n])
     return [r for i, r in enumerate(records) if i in keep]
-
-
-def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max_len: int, unit: str = "review") -> Units:
-    """Cut each review into units of at most `max_len` tokens including [END].
-
-    review mode: the longest run of opening whole sentences that fits; a review whose first
-    sentence alone is too long is dropped (counted), never cut mid-sentence.
-    chunk mode: the whole review cut into consecutive runs of whole sentences that fit (more
-    multi-sentence training text per review; a sentence too long alone is skipped).
-    sentence mode: every sentence that fits is its own unit, with the review's label.
-    """
-    budget = max_len - 1  # room for [END]
-    flat_ids = tokenizer.encode_batch([s for ss in sentences for s in ss])
-    out, k = Units(), 0
-    for rec, sents in zip(records, sentences):
-        ids_list = flat_ids[k:k + len(sents)]
-        k += len(sents)
-        pieces = [(s, ids) for s, ids in zip(sents, ids_list) if ids]
-        if unit == "sentence":
-            for s, ids in pieces:
-                if len(ids) <= budget:
-                    out.add(ids + [tokenizer.end_id], rec.label, s)
-                else:
-                    out.dropped_long += 1
-            continue
-        if unit == "review":
-            run = _fit_run(pieces, 0, budget)
-            if run == 0:
-                out.dropped_long += 1
-            else:
-                _add_run(out, pieces[:run], rec.label, tokenizer.end_id)
-            continue
-        i = 0  # chunk mode
-        while i < len(pieces):
-            run = _fit_run(pieces, i, budget)
-            if run == 0:
-                out.dropped_long += 1
-                i += 1
-            else:
-                _add_run(out, pieces[i:i + run], rec.label, tokenizer.end_id)
-                i += run
-    return out
-
-
-def _fit_run(pieces, start: int, budget: int) -> int:
-    """How many whole sentences from `start` on fit in `budget` tokens."""
-    total, n = 0, 0
-    for _, ids in pieces[start:]:
-        if total + len(ids) > budget:
-            break
-        total += len(ids)
-        n += 1
-    return n
-
-
-def _add_run(out: Units, run, label: int, end_id: int) -> None:
-    out.add([t for _, ids in run for t in ids] + [end_id], label, " ".join(s for s, _ in run))
-
-
-def opinion_filter(units: Units, records: list[Record], threshold: float) -> Units:
-    """Keep the units that read clearly as their review's sentiment.
-
-    A review's label is about the whole review; a 40-token piece of it is often plot summary or
-    hedging. A unigram naive Bayes model trained on the *whole* training reviews scores each unit,
-    and only units whose own label gets probability >= threshold are kept, so labels mean something
-    at this length. (A different model family and unit than the evaluation judge, which is a
-    TF-IDF 1-2-gram logistic regression trained on units.)
-    """
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.naive_bayes import MultinomialNB
-    vec = CountVectorizer(min_df=3, token_pattern=r"[a-z0-9']+")
-    nb = MultinomialNB().fit(vec.fit_transform([clean_text(r.text) for r in records]), [r.label for r in records])
-    proba = nb.predict_proba(vec.transform(units.texts))
-    keep = [i for i, y in enumerate(units.labels) if proba[i, y] >= threshold]
-    out = Units([units.ids[i] for i in keep], [units.labels[i] for i in keep], [units.texts[i] for i in keep],
-                units.dropped_long)
-    out.filtered = len(units) - len(keep)
-    return out
-
-
-def length_stats(lengths: np.ndarray) -> dict:
-    lengths = np.asarray(lengths, dtype=np.float64)
-    if lengths.size == 0:
-        return {"count": 0}
-    pct = np.percentile(lengths, [5, 25, 50, 75, 95, 99])
-    return {"count": int(lengths.size), "mean": float(lengths.mean()), "variance": float(lengths.var()),
-            "std": float(lengths.std()), "min": int(lengths.min()), "max": int(lengths.max()),
-            **{f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95, 99), pct)}}
-
-
-def iterate_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 50) -> list[np.ndarray]:
-    """Shuffled batches of indices grouped by similar length, so little compute goes to padding.
-
-    Shuffle, cut into chunks of `bucket` batches, sort each chunk by length, batch it, shuffle the
-    batches: every epoch sees a new order, and each batch holds reviews of near-equal length.
-    """
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * bucket
-    batches = []
-    for s in range(0, len(order), chunk):
-        idx = order[s:s + chunk]
-        idx = idx[np.argsort(lengths[idx], kind="stable")]
-        batches += [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
-    perm = rng.permutation(len(batches))
-    return [batches[i] for i in perm]

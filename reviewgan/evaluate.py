@@ -24,13 +24,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import metrics as M
+from .autoencoder import evaluate_autoencoder
 from .config import Config, apply_overrides
-from .data import SENTIMENTS, Units
+from .data import SENTIMENTS
 from .model import ModelError, Review, ReviewGAN, default_model_dir, load_spec
-from .tokenizer import Tokenizer
-from .train import Data, evaluate_autoencoder, pad_batch, prepare_data
+from .tokenizer import END, Tokenizer
+from .units import Data, Units, pad_batch, prepare_data
 
-YARDSTICK_VERSION = "1"  # bump when the judge or the evaluation LM changes
+YARDSTICK_VERSION = "2"  # bump when the judge or the evaluation LM changes
 EVAL_LM = {"emb_dim": 64, "hidden": 256, "epochs": 2, "max_train": 40_000}  # the yardstick LM, fixed for all models
 
 
@@ -103,7 +104,7 @@ def text_metrics(texts: list[str], ids: list[list[int]], ended: list[bool], labe
                test_bleu4=M.bleu(texts, ys.test_texts, 4, max_samples=500),
                end_frac=float(np.mean(ended)), mean_tokens=float(np.mean([len(x) for x in ids])),
                rep4_frac=M.rep_ngram_frac(texts, 4), copy_frac=M.copy_frac(texts, ys.train_texts))
-    with_end = [x + [3] for x in ids if x]
+    with_end = [x + [END] for x in ids if x]
     out["forward_ppl"] = M.perplexity(ys.lm, with_end) if with_end else None
     try:  # reverse perplexity: an LM trained on these reviews, scored on real test reviews
         rev = M.train_lm(with_end, vocab_size, epochs=EVAL_LM["epochs"] * 3, emb_dim=EVAL_LM["emb_dim"],
@@ -152,6 +153,11 @@ def read_samples(path: str | Path) -> list[Review]:
     return out
 
 
+def write_samples(path: str | Path, reviews: list[Review]) -> None:
+    """One JSON record per line, as `generate --format jsonl` writes them."""
+    Path(path).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in reviews))
+
+
 def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=None, temperature=None, top_p=None,
              real: bool = False, log=print, embedder="auto", samples=None, save_samples=None, max_len=None) -> dict:
     """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead.
@@ -187,6 +193,8 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         ids = [units.ids[i][:-1] for i in idx]
         ended, labels = [True] * len(idx), lab[idx]
         source = "real reviews (validation split)"
+        if save_samples is not None:  # the same records as generated reviews, so other tools can score them
+            write_samples(save_samples, [Review(SENTIMENTS[y], t, len(x) + 1, True) for t, x, y in zip(texts, ids, labels)])
     else:
         if samples is not None:
             recs = read_samples(samples)
@@ -198,7 +206,7 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
                                        max_len=max_len, records=True)
             source = f"{model.cfg.preset} ({model.cfg.model})"
         if save_samples is not None:
-            Path(save_samples).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
+            write_samples(save_samples, recs)
         texts = [r.text for r in recs]
         ids = [model.tokenizer.encode(t) for t in texts]
         ended = [r.ended for r in recs]

@@ -1,11 +1,22 @@
 """Stage 2: a conditional Wasserstein GAN on autoencoder codes (paper 5.2-5.3, LaTextGAN).
 
-Generator: Linear(noise + condition -> 100) -> 40 x ResidualBlock(100) -> Linear(-> code) -> squash
-Critic:    Linear(code [+ condition] -> 100) -> 40 x ResidualBlock(100) -> Linear(-> 2): (realness, sentiment logit)
-One ResidualMLP class serves both.
+Generator: Linear(noise + condition -> 100) -> 40 residual blocks (100) -> Linear(-> code) -> squash
+Critic:    Linear(code -> 100) -> 40 residual blocks (100) -> Linear(-> 2): realness score, sentiment logit;
+           with `critic_conditioned`, the score also judges the label by projection
+One ResidualMLP class serves both. The losses are written as the papers write them:
+
+    critic:    -(E[D(real)] - E[D(fake)]) + cls_weight * sentiment loss + gp_weight * E[(||grad D(x_hat)|| - 1)^2]
+    generator: -E[D(G(z, y))] + cls_weight * sentiment loss of the critic's head on G(z, y)
+
+(Arjovsky et al. 2017; the penalty of Gulrajani et al. 2017, on interpolates x_hat of real and fake
+codes, or the original weight clipping). `ReferenceSteps` differentiates them with autograd;
+gan_fast.py computes the same gradients by hand, about twice as fast, and train.py uses it wherever it
+applies (blocks without dropout).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn as nn
@@ -15,30 +26,63 @@ from .autoencoder import squash
 from .config import GANConfig
 
 
-class ResidualBlock(nn.Module):
-    def __init__(self, width: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(width, width)
-        self.fc2 = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The block's *own* input is added back (the seed added the first layer's output instead).
-        return x + self.fc2(self.drop(F.relu(self.fc1(x))))
-
-
 class ResidualMLP(nn.Module):
+    """Linear(in -> width), n_blocks residual blocks h <- h + W2 relu(W1 h + b1) + b2, Linear(width -> out).
+
+    The blocks' weights are stored stacked, one (n_blocks, width, width) tensor per kind (w1, w2) and
+    one (n_blocks, width) per bias: stage 2's optimiser then updates 8 tensors per network instead of
+    160-odd small ones, which on a CPU costs more than the arithmetic.
+    """
+
     def __init__(self, in_dim: int, width: int, n_blocks: int, out_dim: int, dropout: float = 0.0):
         super().__init__()
         self.inp = nn.Linear(in_dim, width)  # no activation: it only reshapes the input (paper 5.2)
-        self.blocks = nn.Sequential(*[ResidualBlock(width, dropout) for _ in range(n_blocks)])
+        # Initialised as nn.Linear initialises each block's two layers, in the same order.
+        layers = [nn.Linear(width, width) for _ in range(2 * n_blocks)]
+        self.w1 = nn.Parameter(_stack([l.weight for l in layers[0::2]], (0, width, width)))
+        self.b1 = nn.Parameter(_stack([l.bias for l in layers[0::2]], (0, width)))
+        self.w2 = nn.Parameter(_stack([l.weight for l in layers[1::2]], (0, width, width)))
+        self.b2 = nn.Parameter(_stack([l.bias for l in layers[1::2]], (0, width)))
         self.out = nn.Linear(width, out_dim)
+        self.dropout = dropout
+
+    @property
+    def n_blocks(self) -> int:
+        return self.w1.size(0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.inp(x))  # (B, width)
+        h = self.inp(x)  # (B, width)
+        for w1, b1, w2, b2 in zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0)):
+            r = F.dropout(F.relu(F.linear(h, w1, b1)), self.dropout, self.training)
+            h = h + F.linear(r, w2, b2)  # each block adds its *own* input (the seed added the first layer's output)
+        return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
+
+
+def _stack(ts: list[torch.Tensor], empty_shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([t.detach() for t in ts]) if ts else torch.zeros(empty_shape)
+
+
+_BLOCK_KEY = re.compile(r"^(.*)blocks\.(\d+)\.fc([12])\.(weight|bias)$")
+
+
+def upgrade_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved by reviewgan 0.2 and earlier (one module per block: `net.blocks.{l}.fc{1,2}.*`)
+    -> the stacked layout (`net.w1`, `net.b1`, `net.w2`, `net.b2`). Other state dicts pass unchanged."""
+    found: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    out = {}
+    for k, v in tensors.items():
+        m = _BLOCK_KEY.match(k)
+        if m is None:
+            out[k] = v
+            continue
+        prefix, block, layer, kind = m.groups()
+        found.setdefault((prefix, ("w" if kind == "weight" else "b") + layer), {})[int(block)] = v
+    for (prefix, name), blocks in found.items():
+        out[prefix + name] = torch.stack([blocks[i] for i in range(len(blocks))])
+    return out
 
 
 class Condition(nn.Module):
@@ -65,6 +109,8 @@ class Generator(nn.Module):
         self.cond = Condition(cfg.condition, cfg.cond_dim)
         self.net = ResidualMLP(cfg.noise_dim + cfg.cond_dim, cfg.width, cfg.n_blocks, code_dim, cfg.g_dropout)
 
+    upgrade_state_dict = staticmethod(upgrade_state_dict)  # checkpoint.load_weights applies it
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # z: (B, noise_dim) Gaussian, labels: (B,) -> code (B, code_dim) in the encoder's range
         return squash(self.net(torch.cat([z, self.cond(labels)], dim=-1)), self.code_kind)
@@ -86,6 +132,8 @@ class Critic(nn.Module):
         self.proj = nn.Embedding(2, cfg.width) if cfg.critic_conditioned else None
         if self.proj is not None:
             nn.init.zeros_(self.proj.weight)  # start unconditioned; learn what a real pair looks like
+
+    upgrade_state_dict = staticmethod(upgrade_state_dict)
 
     def forward(self, code: torch.Tensor, labels: torch.Tensor):
         """-> realness score (B,), sentiment logit (B,)."""
@@ -185,145 +233,43 @@ def generator_objective(s_fake, logit_fake, fake_labels, cfg: GANConfig):
     return loss, {"g_loss": loss.detach(), "g_cls": cls.detach()}
 
 
-class GANSteps:
-    """Stage 2's three computations:
+class ReferenceSteps:
+    """Stage 2's three computations, differentiated by autograd:
 
-        fake(z, labels)                              generated codes, no gradients
-        critic_step(real, y_real, fake, y_fake, eps)  fills the critic's .grad, returns the loss parts
-        generator_step(z, labels)                    fills the generator's .grad, returns the loss parts
+        fake(z, labels)                                 generated codes, no gradients
+        critic_step(real, y_real, fake, y_fake, eps)    the critic loss's gradients into the critic's .grad
+        generator_step(z, labels)                       the generator loss's gradients into the generator's .grad
 
-    Three ways, all computing the same losses and gradients (tests/test_models.py):
-    - hand-derived (`manual`, the default wherever it applies: blocks without dropout): backprop.py
-      writes the gradients straight into .grad; on the 2-core CPU a critic step takes 10 ms against
-      24 ms with autograd (docs/PERFORMANCE.md).
-    - eager autograd: `critic_loss` (one fused pass) and `generator_loss`.
-    - compiled (`train.compile`): each step's loss is written as a pure function of the parameters
-      (torch.func.functional_call) and differentiated with torch.func, the gradient penalty's
-      gradient-of-a-gradient included, so torch.compile can trace forward, backward and double
-      backward into one graph: eager autograd cannot be compiled across that double backward. On the
-      2-core CPU it is 1.15x eager autograd at 2 threads, about half the speed of the hand-derived
-      steps, after a minute of compiling; it is meant for accelerators, where an eager step is bound
-      by kernel launches. Compiling needs a C++ compiler on a CPU; if it fails, the steps fall back
-      to eager autograd with a warning.
+    `scale` multiplies the gradients (1 / processes under torchrun, so their sum is the global
+    batch's). gan_fast.FastSteps has the same interface, and the tests hold the two to the same results.
     """
 
-    def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig, compile: bool = False,
-                 functional: bool | None = None, manual: bool | None = None, log=print):
-        from . import backprop  # it builds on this module
-        self.gen, self.critic, self.cfg, self.log = gen, critic, cfg, log
-        # functional: the torch.func losses, compiled or not (uncompiled they are slower than
-        # autograd, and serve to test that both ways give the same gradients).
-        self.functional = compile if functional is None else functional
-        self.compiled = compile and self.functional
-        if self.functional:
-            from torch.func import grad_and_value
-            wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
-            self._fake_fn = wrap(self._functional_fake)
-            self._critic_fn = wrap(grad_and_value(self._functional_critic_loss, has_aux=True))
-            self._gen_fn = wrap(grad_and_value(self._functional_generator_loss, has_aux=True))
-        # manual: hand-derived gradients (backprop.py), the default wherever they apply
-        if manual is None:
-            manual = not self.functional and backprop.supported(cfg)
-        if manual and self.functional:
-            raise ValueError("the GAN steps are either hand-derived (manual) or torch.func's (functional, compile)")
-        if manual and not backprop.supported(cfg):
-            raise ValueError("hand-derived GAN gradients need blocks, none with dropout (gan.g_dropout = gan.c_dropout = 0)")
-        self.manual = backprop.ManualSteps(gen, critic, cfg) if manual else None
+    def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig):
+        self.gen, self.critic, self.cfg = gen, critic, cfg
 
-    # -- the steps
-
+    @torch.no_grad()
     def fake(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.manual is not None:
-            return self.manual.fake(z, labels)
-        with torch.no_grad():
-            if self.functional:
-                out = self._try(lambda: self._fake_fn(_detached(self.gen), z, labels))
-                if out is not None:
-                    return out
-            return self.gen(z, labels)
+        return self.gen(z, labels)
 
     def critic_step(self, real, real_labels, fake, fake_labels, eps, scale: float = 1.0) -> dict:
-        """Gradients of `scale` x the critic loss into critic .grad (scale = 1/processes under torchrun)."""
-        if self.manual is not None:
-            return _scale_grads(self.critic, self.manual.critic_step(real, real_labels, fake, fake_labels, eps), scale)
-        if self.functional:
-            out = self._try(lambda: self._critic_fn(_detached(self.critic), real, real_labels, fake, fake_labels, eps))
-            if out is not None:
-                grads, (_, parts) = out
-                _set_grads(self.critic, grads, scale)
-                return parts
         loss, parts = critic_loss(self.critic, real, real_labels, fake, fake_labels, self.cfg, eps)
         self.critic.zero_grad(set_to_none=True)
         (loss * scale).backward()
         return parts
 
     def generator_step(self, z, labels, scale: float = 1.0) -> dict:
-        """Gradients of `scale` x the generator loss into generator .grad. The critic's .grad means
-        nothing afterwards (autograd's path clears it, the others leave the last critic step's)."""
-        if self.manual is not None:
-            return _scale_grads(self.gen, self.manual.generator_step(z, labels), scale)
-        if self.functional:
-            out = self._try(lambda: self._gen_fn(_detached(self.gen), _detached(self.critic), z, labels))
-            if out is not None:
-                grads, (_, parts) = out
-                _set_grads(self.gen, grads, scale)
-                return parts
-        loss, parts = generator_loss(self.critic, self.gen(z, labels), labels, self.cfg)
+        self.critic.requires_grad_(False)  # the critic is not trained by this loss: no weight gradients
+        try:
+            loss, parts = generator_loss(self.critic, self.gen(z, labels), labels, self.cfg)
+        finally:
+            self.critic.requires_grad_(True)
         self.gen.zero_grad(set_to_none=True)
         (loss * scale).backward()
-        self.critic.zero_grad(set_to_none=True)  # the critic is not trained by this loss
         return parts
 
-    # -- the pure functions torch.func differentiates
 
-    def _functional_fake(self, params, z, labels):
-        return torch.func.functional_call(self.gen, params, (z, labels))
-
-    def _functional_critic_loss(self, params, real, real_labels, fake, fake_labels, eps):
-        def critic(x, labels):
-            return torch.func.functional_call(self.critic, params, (x, labels))
-
-        gp = torch.zeros((), device=real.device)
-        if self.cfg.lipschitz == "gp":
-            x_hat = eps * real + (1 - eps) * fake  # interpolates carry the real labels, as in critic_loss
-            gp = penalty_of(torch.func.grad(lambda x: critic(x, real_labels)[0].sum())(x_hat))
-        B = real.size(0)
-        scores, logits = critic(torch.cat([real, fake]), torch.cat([real_labels, fake_labels]))
-        loss, parts = critic_objective(scores[:B], scores[B:], logits[:B], logits[B:], real_labels, fake_labels, gp,
-                                       self.cfg)
-        return loss, parts  # grad_and_value(has_aux=True) -> (grads, (loss, parts))
-
-    def _functional_generator_loss(self, params, critic_params, z, labels):
-        fake = torch.func.functional_call(self.gen, params, (z, labels))
-        critic = lambda x, y: torch.func.functional_call(self.critic, critic_params, (x, y))  # noqa: E731
-        return generator_loss(critic, fake, labels, self.cfg)  # (loss, parts): grads of loss, parts as aux
-
-    # -- helpers
-
-    def _try(self, fn):
-        try:
-            return fn()
-        except Exception as e:  # no C++ compiler, an unsupported backend: train eagerly instead
-            if not self.compiled:
-                raise
-            self.compiled = self.functional = False
-            self.log(f"torch.compile of the GAN steps failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "training eagerly from here on")
-            return None
-
-
-def _detached(module: nn.Module) -> dict[str, torch.Tensor]:
-    # torch.func differentiates with respect to these inputs; detached, the gradients it returns carry
-    # no autograd graph back to the live parameters (which would keep each step's graph alive).
-    return {k: v.detach() for k, v in module.named_parameters()}
-
-
-def _set_grads(module: nn.Module, grads: dict[str, torch.Tensor], scale: float) -> None:
-    for name, p in module.named_parameters():
-        p.grad = grads[name] * scale if scale != 1.0 else grads[name]
-
-
-def _scale_grads(module: nn.Module, parts: dict, scale: float) -> dict:
+def scale_grads(module: nn.Module, parts: dict, scale: float) -> dict:
+    """Multiply the module's gradients by scale in place; -> parts, unchanged."""
     if scale != 1.0:
-        torch._foreach_mul_([p.grad for p in module.parameters()], scale)
+        torch._foreach_mul_([p.grad for p in module.parameters() if p.grad is not None], scale)
     return parts

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .autoencoder import Autoencoder
-from .checkpoint import ModelError, load_weights, read_model_config, recover
+from .checkpoint import ModelError, load_weights, read_model_config, recover, stage1_file
 from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
@@ -69,10 +69,6 @@ def default_model_dir() -> Path | None:
         if (p / "config.json").exists():
             return p
     return None
-
-
-def stage1_file(cfg: Config) -> str:
-    return "lm.safetensors" if cfg.model == "lm" else "autoencoder.safetensors"
 
 
 def build_models(cfg: Config, vocab_size: int):

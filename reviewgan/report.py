@@ -1,4 +1,4 @@
-"""Evaluation reports: metrics.json, report.md, plots, comparison tables and temperature sweeps."""
+"""Reports: an evaluation's metrics.json, report.md and plots; comparison tables; dataset statistics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from . import plots
+from .config import Config
+from .data import load_records, sentences_of
+from .units import length_stats, prepare_data
 
 # Rows of the comparison table: (key, label, format). Keys follow `reviewgan evaluate --json`.
 COLUMNS = [
@@ -79,8 +82,8 @@ def write_report(result: dict, out: Path, model=None, real: dict | None = None) 
 @torch.no_grad()
 def codes_plot(model, path: Path, n: int = 600) -> None:
     """PCA of real test codes and generated codes, coloured by sentiment (the paper's Figure 8)."""
+    from .autoencoder import encode_units
     from .evaluate import yardsticks
-    from .train import encode_units
     ys = yardsticks(model.cfg, model.tokenizer, log=lambda m: None)
     units = ys.data.units["test"]
     real = encode_units(model.autoencoder, units, model.device)[:n].float().cpu().numpy()
@@ -89,3 +92,20 @@ def codes_plot(model, path: Path, n: int = 600) -> None:
     fake_y = torch.arange(n, device=model.device) % 2
     fake = model.generator(torch.randn(n, model.cfg.gan.noise_dim, generator=g, device=model.device), fake_y)
     plots.codes_scatter(real, real_y, fake.float().cpu().numpy(), fake_y.cpu().numpy(), path)
+
+
+def stats(cfg: Config, out: Path | None = None, log=print) -> dict:
+    """Length statistics of raw reviews and of training units, and the length histogram (paper Figure 6)."""
+    data = prepare_data(cfg, None, log)
+    records, _ = load_records(cfg.data.dataset, cfg.data.text_column, cfg.data.label_column)
+    raw = np.array([len(ids) for ids in data.tokenizer.encode_batch([" ".join(sentences_of([r], "sentence")[0])
+                                                                     for r in records])])
+    units = np.concatenate([u.lengths() for u in data.units.values()])
+    result = {"reviews_tokens": length_stats(raw), "units_tokens": length_stats(units),
+              "units": {k: len(u) for k, u in data.units.items()},
+              "positive_frac_train": float(np.mean(data.units["train"].labels))}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        plots.length_histogram({"full reviews": raw, f"training units (<= {cfg.data.max_len})": units}, Path(out) / "lengths.png")
+        (Path(out) / "stats.json").write_text(json.dumps(result, indent=2))
+    return result

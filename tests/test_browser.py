@@ -37,9 +37,12 @@ def test_generate_in_the_browser(server, tmp_path):
         assert all(li.get_attribute("class") == "negative" for li in items)
         assert all(li.inner_text().strip() for li in items)
         assert "negative review" in page.inner_text("#status")
-        first = [li.inner_text() for li in items]
-        page.click("#generate")  # regenerate: new reviews (no seed is sent)
+        # Regenerate (no seed is sent): the page must show the reviews of the new response, in order.
+        with page.expect_response("**/api/generate") as answer:
+            page.click("#generate")
+        again = [r["text"] for r in answer.value.json()["reviews"]]
         page.wait_for_function("document.querySelector('#status').textContent.includes('again')")
+        shown = [li.inner_text().strip() for li in page.query_selector_all("#reviews li")]
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
-    assert first
+    assert len(again) == 4 and shown == [t.strip() for t in again]

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from reviewgan.data import (DataError, Record, clean_text, iterate_batches, load_records, make_units,
-                            sentences_of, split_records, split_sentences)
+from reviewgan.data import DataError, Record, clean_text, load_records, sentences_of, split_records, split_sentences
 from reviewgan.tokenizer import Tokenizer
+from reviewgan.units import Units, iterate_batches, make_units, opinion_filter
 
 from .conftest import write_csv
 
@@ -115,8 +115,18 @@ def test_chunk_mode_uses_the_whole_review_in_whole_sentences():
     assert units.texts == ["a b c. d e f.", "g h i j k l m n.", "o p."] and units.dropped_long == 0
 
 
+def test_units_without_a_word_are_dropped_and_counted():
+    recs = [Record("a b c. . ! d e f.", 1), Record("... !!", 0), Record("? . 10 out of 10.", 1)]
+    tok = make_tok(["a b c. . ! d e f. ... !! ? . 10 out of 10."])
+    for unit in ("sentence", "chunk", "review"):
+        units = make_units(recs, sentences_of(recs, unit), tok, max_len=5, unit=unit)
+        assert units.texts and all(any(c.isalnum() for c in t) for t in units.texts), unit
+        assert units.dropped_wordless >= 1, unit
+    per_sentence = make_units(recs, sentences_of(recs, "sentence"), tok, max_len=5, unit="sentence")
+    assert per_sentence.texts == ["a b c.", "d e f."] and per_sentence.dropped_wordless == 6
+
+
 def test_opinion_filter_keeps_clearly_opinionated_units():
-    from reviewgan.data import Units, opinion_filter
     recs = [Record(f"a great, wonderful, superb film {i}. the plot follows a man.", 1) for i in range(30)]
     recs += [Record(f"an awful, dull, boring film {i}. the plot follows a man.", 0) for i in range(30)]
     units = Units()

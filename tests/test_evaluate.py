@@ -60,6 +60,18 @@ def test_real_reviews_row_is_the_target(capsys, tiny_model_dir):
     assert r["end_frac"] == 1.0 and r["unique_frac"] == 1.0 and r["recon_token_acc"] is None
 
 
+def test_real_reviews_can_be_saved_and_measured_again(capsys, tiny_model_dir, tmp_path):
+    saved = tmp_path / "real.jsonl"
+    r = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--n", "40", "--json", "--real",
+                 "--save-samples", str(saved))
+    records = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert len(records) == r["n"] and 2 <= r["n"] <= 40 and {x["sentiment"] for x in records} == {"positive", "negative"}
+    assert all(x["ended"] and x["text"] for x in records)
+    again = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--samples", str(saved), "--json")
+    same = ["sentiment_acc_positive", "sentiment_acc_negative", "self_bleu4", "distinct2", "unique_frac", "end_frac"]
+    assert {k: again[k] for k in same} == {k: r[k] for k in same}
+
+
 def test_report_and_comparison_table(capsys, tiny_model_dir, tmp_path):
     out = tmp_path / "report"
     assert main(["evaluate", "--model", str(tiny_model_dir), "--n", "40", "--out", str(out)]) == 0

@@ -3,7 +3,8 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reviewgan.data import Record, clean_text, make_units, sentences_of, split_sentences
+from reviewgan.data import Record, clean_text, sentences_of, split_sentences
+from reviewgan.units import make_units
 from reviewgan.tokenizer import Tokenizer, detokenize
 
 TOK = Tokenizer.train(["the film was great.", "an awful, boring movie!", "i'd watch it again? no."] * 10,

@@ -1,12 +1,26 @@
-from reviewgan.tokenizer import END, PAD, START, UNK, Tokenizer, detokenize
+import json
+
+import pytest
+
+from reviewgan.tokenizer import END, PAD, SPECIALS, START, UNK, Tokenizer, detokenize
 
 TEXTS = ["the movie was great.", "the film was awful!", "i didn't like the ending, really."] * 20
 
 
 def test_special_ids_are_distinct_and_fixed(tmp_path):
     tok = Tokenizer.train(TEXTS, vocab_size=120, min_frequency=1)
-    assert (tok.pad_id, tok.unk_id, tok.start_id, tok.end_id) == (PAD, UNK, START, END) == (0, 1, 2, 3)
-    assert len({PAD, UNK, START, END}) == 4
+    # The trained vocabulary itself holds the four specials at 0..3, and no word takes their ids.
+    assert [tok.hf.token_to_id(t) for t in SPECIALS] == [PAD, UNK, START, END] == [0, 1, 2, 3]
+    assert [tok.hf.id_to_token(i) for i in range(4)] == SPECIALS
+    assert min(tok.encode("the movie was great.")) > END
+    # A tokenizer file whose [END] shares padding's id (the seed's bug) is refused.
+    d = json.loads(tok.to_str())
+    vocab = d["model"]["vocab"]
+    vocab["[END]"], vocab["[PAD]"] = vocab["[PAD]"], vocab["[END]"]
+    for t in d["added_tokens"]:
+        t["id"] = vocab[t["content"]]
+    with pytest.raises(ValueError, match=r"\[PAD\] must have id 0"):
+        Tokenizer.from_str(json.dumps(d))
     path = tmp_path / "tokenizer.json"
     tok.save(path)
     again = Tokenizer.from_file(path)

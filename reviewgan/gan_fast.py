@@ -1,6 +1,7 @@
-"""Stage 2's gradients derived by hand: the GAN steps without autograd's per-operation cost.
+"""Stage 2's training steps with gradients derived by hand: the fast path beside gan.py's reference.
 
-Both networks of stage 2 are a ResidualMLP: h_0 = x W_in' + b_in, then 40 blocks
+gan.py's `ReferenceSteps` differentiate the losses with autograd, as the papers write them. Both
+networks of stage 2 are a ResidualMLP: h_0 = x W_in' + b_in, then 40 blocks
 h_{l+1} = h_l + relu(h_l W1' + b1) W2' + b2, then a linear head (rows are samples, W' = W.T).
 A step of this deep, narrow MLP at batch 64 costs what its few thousand small operations cost,
 and eager autograd spends as much again recording and replaying them; the gradient penalty's
@@ -15,15 +16,14 @@ matmuls per block:
   and its gradient is that chain run in reverse (block 1 -> 40), e_{l+1} = e_l + (relu'(r_l) * (e_l W1')) W2',
   with e_0 = u W_in': 64 rows, and no pass back through the forward activations;
 - weight gradients: dW1_l = d_l' [h_l ; e_l] and dW2_l = g_{l+1}' [r_l ; relu'(r_l) * (e_l W1')],
-  loss rows and interpolates stacked, for all 40 blocks in one batched matmul each.
+  loss rows and interpolates stacked, for all 40 blocks in one batched matmul into the stacked
+  (n_blocks, width, width) gradient.
 
 The losses themselves (Wasserstein estimate, sentiment loss, penalty) stay in gan.py and are
 differentiated by autograd on their small (B,) and (B, code) inputs, so every loss option works
-unchanged. Dropout inside the blocks is not written out: `supported` says when this applies, and
-GANSteps falls back to autograd otherwise. The gradients are written into the parameters' .grad
-(into optim.FlatAdam's flat buffer when it is the optimiser). tests/test_models.py checks every
-gradient against autograd's; on the 2-core CPU a critic step takes ~10 ms against 24.6 ms with
-autograd (docs/PERFORMANCE.md).
+unchanged. Dropout inside the blocks is not written out: `supported` says when this applies; train.py
+uses the reference steps otherwise. tests/test_models.py checks every gradient against the
+reference's; `reviewgan bench` measures both.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import torch
 
 from .autoencoder import squash
 from .config import GANConfig
-from .gan import Critic, Generator, ResidualMLP, critic_objective, generator_objective, penalty_of
+from .gan import Critic, Generator, ResidualMLP, critic_objective, generator_objective, penalty_of, scale_grads
 
 
 def supported(cfg: GANConfig) -> bool:
+    """Whether these steps apply: blocks, none with dropout."""
     return cfg.g_dropout == 0 and cfg.c_dropout == 0 and cfg.n_blocks > 0
 
 
@@ -51,19 +52,6 @@ def grad_buffer(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def _stacked(ts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    """The (len(ts), ...) tensor whose rows are ts, if they lie back to back in one buffer, else None."""
-    t0 = ts[0]
-    if t0 is None or not t0.is_contiguous():
-        return None
-    n, ptr = t0.numel(), t0.untyped_storage().data_ptr()
-    for i, t in enumerate(ts):
-        if (t is None or t.shape != t0.shape or not t.is_contiguous() or t.untyped_storage().data_ptr() != ptr
-                or t.storage_offset() != t0.storage_offset() + i * n):
-            return None
-    return t0.as_strided((len(ts), *t0.shape), (n, *t0.stride()), t0.storage_offset())
-
-
 class Trunk:
     """One ResidualMLP's forward and backward passes over preallocated activation buffers.
 
@@ -75,21 +63,18 @@ class Trunk:
     """
 
     def __init__(self, net: ResidualMLP):
-        self.net, self.L = net, len(net.blocks)
-        blocks = list(net.blocks)
-        self.params = ([b.fc1.weight for b in blocks], [b.fc1.bias for b in blocks],
-                       [b.fc2.weight for b in blocks], [b.fc2.bias for b in blocks])
-        self.W1, self.b1, self.W2, self.b2 = self.params
+        self.net, self.L = net, net.n_blocks
         self._data_ptr = None
         self._buffers: dict = {}
-        self._grads: list | None = None
-        self._own: dict[int, torch.Tensor] = {}
 
     def refresh(self) -> None:
-        """Transposed views of the weights, remade when the parameters' storage moved (FlatAdam moves it)."""
-        if self.W1[0].data_ptr() != self._data_ptr:
+        """Per-block views of the stacked weights (and their transposes), remade if the weights moved
+        (e.g. .to() after this was made)."""
+        net = self.net
+        if net.w1.data_ptr() != self._data_ptr:
+            self.W1, self.b1, self.W2, self.b2 = (t.unbind(0) for t in (net.w1, net.b1, net.w2, net.b2))
             self.W1t, self.W2t = [w.t() for w in self.W1], [w.t() for w in self.W2]
-            self._data_ptr = self.W1[0].data_ptr()
+            self._data_ptr = net.w1.data_ptr()
 
     def buffers(self, n: int) -> dict:
         self.refresh()
@@ -136,36 +121,17 @@ class Trunk:
         return He[self.L]
 
     def block_grads(self, b: dict, n: int) -> None:
-        """Every block's weight and bias gradients into their .grad; biases from the first n (loss) rows."""
+        """Every block's weight and bias gradients into the stacked .grad; biases from the first n (loss) rows."""
         H, R, D, G = b["H"], b["R"], b["D"], b["G"]
-        dW1, db1, dW2, db2 = self._grad_targets()
-        torch.bmm(D.transpose(1, 2), H[:-1], out=dW1)
-        torch.bmm(G[1:].transpose(1, 2), R, out=dW2)
-        torch.sum(D[:, :n], 1, out=db1)
-        torch.sum(G[1:, :n], 1, out=db2)
-
-    def _grad_targets(self) -> list[torch.Tensor]:
-        """The four (L, ...) tensors the blocks' gradients are written into: the parameters' own .grad
-        where they lie back to back (optim.FlatAdam lays them out so), else buffers that .grad views."""
-        if self._grads is not None and all(p.grad is g for ps, gs in zip(self.params, self._grad_views)
-                                           for p, g in zip(ps, gs)):
-            return self._grads
-        self._grads = []
-        for i, ps in enumerate(self.params):
-            t = _stacked([p.grad for p in ps])
-            if t is None:  # buffers of our own, made once; .grad made to view them
-                if i not in self._own:
-                    self._own[i] = torch.zeros(len(ps), *ps[0].shape, dtype=ps[0].dtype, device=ps[0].device)
-                t = self._own[i]
-                for p, g in zip(ps, t.unbind(0)):
-                    p.grad = g
-            self._grads.append(t)
-        self._grad_views = [[p.grad for p in ps] for ps in self.params]
-        return self._grads
+        net = self.net
+        torch.bmm(D.transpose(1, 2), H[:-1], out=grad_buffer(net.w1))
+        torch.bmm(G[1:].transpose(1, 2), R, out=grad_buffer(net.w2))
+        torch.sum(D[:, :n], 1, out=grad_buffer(net.b1))
+        torch.sum(G[1:, :n], 1, out=grad_buffer(net.b2))
 
 
-class ManualSteps:
-    """GANSteps' three computations with hand-derived gradients, written into the parameters' .grad."""
+class FastSteps:
+    """gan.ReferenceSteps' three computations with hand-derived gradients, written into the parameters' .grad."""
 
     def __init__(self, gen: Generator, critic: Critic, cfg: GANConfig):
         self.gen, self.critic, self.cfg = gen, critic, cfg
@@ -196,7 +162,7 @@ class ManualSteps:
         return d_head
 
     @torch.no_grad()
-    def critic_step(self, real, real_labels, fake, fake_labels, eps) -> dict:
+    def critic_step(self, real, real_labels, fake, fake_labels, eps, scale: float = 1.0) -> dict:
         cfg, net, tr = self.cfg, self.critic.net, self.c_trunk
         gp_on, B = cfg.lipschitz == "gp", real.size(0)
         n = 2 * B  # rows that enter the loss; with the penalty, B interpolates follow them
@@ -242,10 +208,10 @@ class ManualSteps:
             dP = grad_buffer(self.critic.proj.weight).zero_().index_add_(0, y[:n], ds[:, None] * h[:n])
             if gp_on:
                 dP.index_add_(0, real_labels, e_top)
-        return parts
+        return scale_grads(self.critic, parts, scale)
 
     @torch.no_grad()
-    def generator_step(self, z, labels) -> dict:
+    def generator_step(self, z, labels, scale: float = 1.0) -> dict:
         cfg, gt, ct = self.cfg, self.g_trunk, self.c_trunk
         gnet, B = self.gen.net, z.size(0)
         x = torch.cat([z, self.gen.cond(labels)], dim=-1)
@@ -274,4 +240,4 @@ class ManualSteps:
         if self.gen.cond.emb is not None:
             d_cond = g0 @ gnet.inp.weight[:, z.size(1):]
             grad_buffer(self.gen.cond.emb.weight).zero_().index_add_(0, labels, d_cond)
-        return parts
+        return scale_grads(self.gen, parts, scale)

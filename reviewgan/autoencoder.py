@@ -272,6 +272,42 @@ class Autoencoder(nn.Module):
             code = code + noise_std * torch.randn_like(code)
         return code, kl
 
+    def batch(self, units: Units, idx, device):
+        """-> the inputs of `loss`: ids (B, T) padded to the batch's longest unit, lengths (B,), labels (B,)."""
+        return pad_batch(units, idx, device)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], tokenizer, max_len: int, device) -> torch.Tensor:
+        """Cleaned texts -> codes (N, code_dim), each cut to max_len tokens ([END] included) as in training."""
+        ids = [x[:max_len - 1] + [tokenizer.end_id] for x in tokenizer.encode_batch(texts)]
+        lengths = torch.tensor([len(x) for x in ids])
+        batch = torch.full((len(ids), int(lengths.max())), PAD, dtype=torch.long)
+        for i, x in enumerate(ids):
+            batch[i, :len(x)] = torch.tensor(x)
+        was_training = self.training
+        self.eval()
+        code = self.encode(batch.to(device), lengths.to(device))[0]
+        self.train(was_training)
+        return code
+
+    def codes(self, batch) -> torch.Tensor:
+        """The codes of a batch from `batch()`."""
+        return self.encode(batch[0], batch[1])[0]
+
+    @torch.no_grad()
+    def encode_units(self, units: Units, device, batch_size: int = 512) -> torch.Tensor:
+        """Codes of every unit (N, code_dim), in the units' order: the GAN's "real" data."""
+        was_training = self.training
+        self.eval()
+        order = np.argsort(units.lengths(), kind="stable")
+        codes = torch.empty(len(units), self.cfg.code_dim, device=device)
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            ids, lengths, _ = pad_batch(units, idx, device)
+            codes[torch.as_tensor(idx, device=device)] = self.encode(ids, lengths)[0]
+        self.train(was_training)
+        return codes
+
     def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
         """Masked cross-entropy (padding never counts) + KL; also the number of correct tokens."""
         code, kl = self.encode(ids, lengths, sample=self.training, noise_std=noise_std)
@@ -354,31 +390,21 @@ def sample_top_p(logits: torch.Tensor, temperature, top_p, generator=None, u=Non
 
 
 # --------------------------------------------------------------------------- over a whole split
+# Shared by both stage-1 families (and the LM baseline): each has batch(units, idx, device) -> the
+# inputs of its loss(...), encode_units(units, device) -> codes, generate(codes, ...) -> token rows.
 
 
 @torch.no_grad()
-def evaluate_autoencoder(ae: Autoencoder, units: Units, device, batch_size: int = 256) -> dict:
+def evaluate_autoencoder(ae, units: Units, device, batch_size: int = 256, limit: int | None = None) -> dict:
     """Teacher-forced reconstruction loss and token accuracy on held-out units (no noise, no dropout);
-    also the LM baseline's validation (same `loss` interface)."""
+    also the LM baseline's validation (same `loss` interface). limit: the first this many units only."""
     ae.eval()
     tot_loss = tot_correct = tot_tokens = 0.0
     order = np.argsort(units.lengths(), kind="stable")
+    if limit is not None:
+        order = order[order < limit]  # the first `limit` units, still sorted by length
     for s in range(0, len(order), batch_size):
-        ids, lengths, labels = pad_batch(units, order[s:s + batch_size], device)
-        ce, _, correct, n = ae.loss(ids, lengths, labels)
+        ce, _, correct, n = ae.loss(*ae.batch(units, order[s:s + batch_size], device))
         tot_loss += float(ce) * int(n); tot_correct += int(correct); tot_tokens += int(n)
     ae.train()
     return {"recon_loss": tot_loss / max(tot_tokens, 1), "token_acc": tot_correct / max(tot_tokens, 1)}
-
-
-@torch.no_grad()
-def encode_units(ae: Autoencoder, units: Units, device, batch_size: int = 512) -> torch.Tensor:
-    """Codes of every unit (N, code_dim), in the units' order: the GAN's "real" data."""
-    ae.eval()
-    order = np.argsort(units.lengths(), kind="stable")
-    codes = torch.empty(len(units), ae.cfg.code_dim, device=device)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        ids, lengths, _ = pad_batch(units, idx, device)
-        codes[torch.as_tensor(idx, device=device)] = ae.encode(ids, lengths)[0]
-    return codes

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .autoencoder import Autoencoder, decoder_io
 from .config import Config, apply_overrides, load_preset
+from .tokenizer import END
 from .units import Units, iterate_batches, pad_batch
 from .gan import Critic, Generator, ResidualMLP, critic_loss, generator_loss
 
@@ -72,13 +73,14 @@ def ae_flops_per_position(cfg: Config, vocab: int) -> float:
     return 3.0 * fwd
 
 
-def synthetic_units(cfg: Config, n: int, seed: int = 0) -> Units:
-    """Units with the length distribution of IMDB short reviews (measured: mean ~29, sd ~8, max 40)."""
+def synthetic_units(cfg: Config, n: int, seed: int = 0, mean: float = 29, sd: float = 8, vocab: int | None = None,
+                    end: int = END) -> Units:
+    """Units with the length distribution of IMDB short reviews (WordPiece chunks: mean ~29, sd ~8, max 40)."""
     rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.normal(29, 8, n).round(), 3, cfg.data.max_len).astype(int)
+    lengths = np.clip(rng.normal(mean, sd, n).round(), 3, cfg.data.max_len).astype(int)
     units = Units()
     for L in lengths:
-        units.add(rng.integers(4, cfg.data.vocab_size, L - 1).tolist() + [3], int(rng.integers(0, 2)), "")
+        units.add(rng.integers(20, vocab or cfg.data.vocab_size, L - 1).tolist() + [end], int(rng.integers(0, 2)), "")
     return units
 
 
@@ -227,17 +229,99 @@ def bench_gan(cfg: Config, mode: str, iters: int, device=torch.device("cpu")) ->
     return {"iters_per_s": iters / (time.perf_counter() - t0)}
 
 
+# --------------------------------------------------------------------------- the pretrained family's stage 1
+
+
+def pretrained_flops_per_token(shape) -> float:
+    """Training FLOPs per token of the pretrained decoder: forward (2 per weight of every matmul, the
+    tied output layer included) and the backward pass to the activations (as many again); the frozen
+    weights get no gradient, and LoRA's and the memory's own are negligible."""
+    s = shape
+    per_layer = s.dim * (2 * s.n_heads * s.head_dim + 2 * s.n_kv_heads * s.head_dim) + 3 * s.dim * s.hidden_dim
+    return 2 * 2.0 * (s.n_layers * per_layer + s.dim * s.vocab_size)
+
+
+def straightforward_pretrained_loss(ae, ids, lengths, labels, codes):
+    """The pretrained decoder's loss written the obvious way, for the baseline: float32 logits at every
+    position, then F.cross_entropy on the real ones."""
+    inputs = torch.cat([torch.full_like(ids[:, :1], ae.tokenizer.start_id), ids[:, :-1]], dim=1)
+    mask = torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None]
+    memory, offset = ae.memory(codes)
+    logits = ae.lm.logits(ae.lm.hidden(ae.lm.embed(inputs) + offset, memory=memory)).float()
+    return F.cross_entropy(logits[mask], ids[mask]), mask.sum()
+
+
+def bench_pretrained(cfg: Config, optimised: bool, steps: int, device=torch.device("cpu")) -> dict:
+    """Stage-1 training of the pretrained decoder: real tokens/s. optimised = bf16 frozen base weights,
+    length-bucketed batches, the blockwise loss (`PretrainedAutoencoder.loss`); baseline = float32
+    weights, random batches padded to max_len, float32 logits and F.cross_entropy. Synthetic token ids
+    of IMDB chunks' lengths and random unit codes: speed does not depend on what the ids say."""
+    from .base import load_base
+    from .pretrained import PretrainedAutoencoder
+    torch.manual_seed(0)
+    base = load_base(cfg.ae.base)
+    if not optimised:
+        base.weights = {k: v.float() for k, v in base.weights.items()}
+    ae = PretrainedAutoencoder(cfg.ae, base, dtype=torch.bfloat16 if optimised else torch.float32).to(device).train()
+    opt = torch.optim.Adam(ae.param_groups(), lr=1e-4, fused=True)
+    units = synthetic_units(cfg, 16 * cfg.ae.batch_size, mean=24, sd=6, vocab=base.shape.vocab_size,
+                            end=base.tokenizer.end_id)
+    units.codes = F.normalize(torch.randn(len(units), cfg.ae.code_dim), dim=-1)
+    B, T, lengths = cfg.ae.batch_size, cfg.data.max_len, units.lengths()
+    if optimised:
+        batches = iterate_batches(lengths, B, np.random.default_rng(0))
+    else:
+        perm = np.random.default_rng(0).permutation(len(units))
+        batches = [perm[i:i + B] for i in range(0, len(perm), B)]
+    batches = batches[:steps + 1]  # one warm-up step, then the timed ones
+    real = 0
+    for step, idx in enumerate(batches):
+        ids, lens, labels, codes = ae.batch(units, idx, device)
+        if not optimised:  # the straightforward way: every batch padded to max_len
+            ids = torch.cat([ids, ids.new_full((ids.size(0), T - ids.size(1)), base.tokenizer.pad_id)], dim=1)
+        if step == 1:
+            sync(device)
+            t0 = time.perf_counter()
+        if optimised:
+            ce, _, _, n = ae.loss(ids, lens, labels, codes)
+        else:
+            ce, n = straightforward_pretrained_loss(ae, ids, lens, labels, codes)
+        opt.zero_grad(set_to_none=True)
+        ce.backward()
+        opt.step()
+        if step >= 1:
+            real += int(n)
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": real / dt, "flops_per_token": pretrained_flops_per_token(base.shape)}
+
+
 # --------------------------------------------------------------------------- generation
 
 
-def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu")) -> dict:
+def bench_model(cfg: Config, device, model_dir=None):
+    """The model generation is timed on: `model_dir` when given; else an untrained model of the
+    preset (its reviews never end, so every row takes the whole budget: the slowest case)."""
     from .model import ReviewGAN
     from .tokenizer import Tokenizer
+    if model_dir is not None:
+        return ReviewGAN.from_pretrained(model_dir, device=str(device)), str(model_dir)
     torch.manual_seed(0)
-    texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
-    tok = Tokenizer.train(texts, cfg.data.vocab_size, 1)
-    ae = Autoencoder(tok.vocab_size, cfg.ae)
-    model = ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None, device)
+    if cfg.ae.family == "pretrained":
+        from .base import load_base
+        from .pretrained import PretrainedAutoencoder
+        base = load_base(cfg.ae.base)
+        ae, tok = PretrainedAutoencoder(cfg.ae, base), base.tokenizer
+        ae.merge_lora()
+    else:
+        texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
+        tok = Tokenizer.train(texts, cfg.data.vocab_size, 1)
+        ae = Autoencoder(tok.vocab_size, cfg.ae)
+    return ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None, device), "untrained"
+
+
+def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu"), model_dir=None) -> dict:
+    model, which = bench_model(cfg, device, model_dir)
     model.generate("positive", n=2, seed=0)  # warm-up (GPU: kernel selection, allocator)
     sync(device)
     t0 = time.perf_counter()
@@ -250,21 +334,26 @@ def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu"
         model.generate("positive", n=1, seed=i)
     sync(device)
     one = (time.perf_counter() - t0) / single * n
-    return {"gen_1000_s": batched * 1000 / n, "gen_one_at_a_time_1000_s": one * 1000 / n}
+    lengths = [r.tokens for r in model.generate("positive", n=min(n, 200), seed=1, records=True)]
+    return {"gen_1000_s": batched * 1000 / n, "gen_one_at_a_time_1000_s": one * 1000 / n, "gen_model": which,
+            "gen_mean_tokens": float(np.mean(lengths))}
 
 
 # --------------------------------------------------------------------------- memory (fresh processes)
 
 
-def _peak_rss_child(kind: str, cfg_dict: dict, q) -> None:
+def _peak_rss_child(kind: str, cfg_dict: dict, q, model_dir=None) -> None:
     cfg = Config.from_dict(cfg_dict)
     if kind not in ("train", "generate"):
         raise ValueError(f"unknown memory measurement {kind!r}")
-    if kind == "train":  # two warm-up steps and two measured ones, at the recipe's batch size
+    if kind == "train" and cfg.ae.family == "pretrained":
+        bench_pretrained(cfg, True, 2)
+        bench_gan(cfg, "optimised", 1)
+    elif kind == "train":  # two warm-up steps and two measured ones, at the recipe's batch size
         bench_autoencoder(cfg, synthetic_units(cfg, 4 * cfg.ae.batch_size), True, 2)
         bench_gan(cfg, "optimised", 1)
     else:
-        bench_generation(cfg, 1000, 1)
+        bench_generation(cfg, 1000, 1, model_dir=model_dir)
     q.put(_peak_rss_mib())
 
 
@@ -281,10 +370,10 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux; macOS: bytes)
 
 
-def peak_rss_mb(kind: str, cfg: Config) -> float:
+def peak_rss_mb(kind: str, cfg: Config, model_dir=None) -> float:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q))
+    p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q, None if model_dir is None else str(model_dir)))
     p.start()
     p.join(timeout=600)  # the child sends one number, so it can exit before the queue is read
     if p.is_alive():
@@ -299,9 +388,10 @@ def peak_rss_mb(kind: str, cfg: Config) -> float:
 
 
 def run_bench(quick: bool = False, preset: str = "default", log=print, device: str = "cpu",
-              overrides: Sequence[str] = ()) -> dict:
+              overrides: Sequence[str] = (), model_dir=None) -> dict:
     """Every figure, in one run. overrides: `section.key=value` changes to the preset, to measure a
-    variant of its recipe (e.g. `ae.batch_size=256`); recorded in the result."""
+    variant of its recipe (e.g. `ae.batch_size=256`); recorded in the result. model_dir: time
+    generation with this trained model (its reviews end when they end) instead of an untrained one."""
     from .model import resolve_device
     cfg = apply_overrides(load_preset(preset), list(overrides))
     dev = resolve_device(device)
@@ -318,17 +408,25 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
     log("measuring matmul throughput...")
     result["matmul_gflops"] = matmul_gflops(torch.bfloat16, n_mm, 0.3 if quick else 1.5, dev)
     result["matmul_gflops_fp32"] = matmul_gflops(torch.float32, n_mm, 0.3 if quick else 1.5, dev)
-    units = None if quick else real_units(cfg, 4000)
-    result["ae_data"] = "synthetic" if units is None else "imdb"
-    units = units or synthetic_units(cfg, 4000)
-    log("autoencoder training: optimised vs baseline...")
-    opt = bench_autoencoder(cfg, units, True, steps, dev)
-    base = bench_autoencoder(cfg, units, False, steps, dev)
-    flops = ae_flops_per_position(cfg, cfg.data.vocab_size)
-    result.update(ae_tokens_per_s=opt["tokens_per_s"], ae_baseline_tokens_per_s=base["tokens_per_s"],
-                  ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
-                  baseline_padding_frac=base["padding_frac"],
-                  mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
+    if cfg.ae.family == "pretrained":
+        log("pretrained decoder training: optimised vs baseline...")
+        opt = bench_pretrained(cfg, True, steps // 3 + 2, dev)
+        base = bench_pretrained(cfg, False, steps // 6 + 2, dev)
+        result.update(ae_tokens_per_s=opt["tokens_per_s"], ae_baseline_tokens_per_s=base["tokens_per_s"],
+                      ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], ae_data="synthetic",
+                      mfu=opt["tokens_per_s"] * opt["flops_per_token"] / (result["matmul_gflops"] * 1e9))
+    else:
+        units = None if quick else real_units(cfg, 4000)
+        result["ae_data"] = "synthetic" if units is None else "imdb"
+        units = units or synthetic_units(cfg, 4000)
+        log("autoencoder training: optimised vs baseline...")
+        opt = bench_autoencoder(cfg, units, True, steps, dev)
+        base = bench_autoencoder(cfg, units, False, steps, dev)
+        flops = ae_flops_per_position(cfg, cfg.data.vocab_size)
+        result.update(ae_tokens_per_s=opt["tokens_per_s"], ae_baseline_tokens_per_s=base["tokens_per_s"],
+                      ae_speedup=opt["tokens_per_s"] / base["tokens_per_s"], padding_frac=opt["padding_frac"],
+                      baseline_padding_frac=base["padding_frac"],
+                      mfu=opt["positions_per_s"] * flops / (result["matmul_gflops"] * 1e9))
     log("GAN training: optimised and reference vs straightforward...")
     base = bench_gan(cfg, "baseline", iters, dev)
     fast = bench_gan(cfg, "optimised", iters, dev)
@@ -337,11 +435,12 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
                   gan_speedup=fast["iters_per_s"] / base["iters_per_s"], gan_reference_iters_per_s=ref["iters_per_s"],
                   gan_reference_speedup=ref["iters_per_s"] / base["iters_per_s"])
     log("generation: batched vs one at a time...")
-    gen = bench_generation(cfg, 100 if quick else 1000, single, dev)
+    gen = bench_generation(cfg, 100 if quick else 1000, single // 5 if cfg.ae.family == "pretrained" else single, dev,
+                           model_dir)
     result.update(gen, gen_speedup=gen["gen_one_at_a_time_1000_s"] / gen["gen_1000_s"])
     log("peak memory (fresh processes)...")
     result["train_peak_rss_mb"] = peak_rss_mb("train", cfg)
-    result["gen_peak_rss_mb"] = peak_rss_mb("generate", cfg)
+    result["gen_peak_rss_mb"] = peak_rss_mb("generate", cfg, model_dir)
     if dev.type == "cuda":  # device memory of this process's runs above (all stages)
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in result.items()}
@@ -351,15 +450,16 @@ def format_table(r: dict) -> str:
     rows = [
         ("autoencoder training", f"{r['ae_tokens_per_s']:,.0f} real tokens/s", f"{r['ae_baseline_tokens_per_s']:,.0f}",
          f"{r['ae_speedup']:.2f}x"),
-        ("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", ""),
+        *([("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", "")]
+          if "padding_frac" in r else []),
         ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s bf16", "", ""),
         ("GAN training", f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
         ("  with autograd's gradients (gan.py)", f"{r['gan_reference_iters_per_s']:.2f} it/s", "",
          f"{r['gan_reference_speedup']:.2f}x"),
     ]
     rows += [
-        ("generation, 1000 reviews", f"{r['gen_1000_s']:.2f} s", f"{r['gen_one_at_a_time_1000_s']:.1f} s",
-         f"{r['gen_speedup']:.1f}x"),
+        (f"generation, 1000 reviews ({r['gen_model']} model, {r['gen_mean_tokens']:.0f} tokens each)",
+         f"{r['gen_1000_s']:.2f} s", f"{r['gen_one_at_a_time_1000_s']:.1f} s", f"{r['gen_speedup']:.1f}x"),
         ("peak RSS: training / generation", f"{r['train_peak_rss_mb']:,.0f} / {r['gen_peak_rss_mb']:,.0f} MB", "", ""),
     ]
     w = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -35,8 +35,8 @@ MAX_JSON_BYTES = 10_000_000
 
 
 # Every file a run directory may hold: what `--force` replaces, and nothing else.
-MODEL_FILES = ("config.json", "tokenizer.json", "autoencoder.safetensors", "lm.safetensors", "generator.safetensors",
-               "critic.safetensors", "metrics.jsonl", "train_state", ".pending")
+MODEL_FILES = ("config.json", "tokenizer.json", "autoencoder.safetensors", "decoder.safetensors", "lm.safetensors",
+               "generator.safetensors", "critic.safetensors", "metrics.jsonl", "train_state", ".pending")
 
 
 class ModelError(ValueError):
@@ -44,8 +44,11 @@ class ModelError(ValueError):
 
 
 def stage1_file(cfg) -> str:
-    """The stage-1 weights' file name: the autoencoder, or the LM baseline."""
-    return "lm.safetensors" if cfg.model == "lm" else "autoencoder.safetensors"
+    """The stage-1 weights' file name: the LSTM autoencoder, the pretrained decoder's trained parts
+    (its LoRA and code memory), or the LM baseline."""
+    if cfg.model == "lm":
+        return "lm.safetensors"
+    return "decoder.safetensors" if cfg.ae.family == "pretrained" else "autoencoder.safetensors"
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -193,10 +196,14 @@ class Run:
         if gen is not None:
             w.tensors("generator.safetensors", state_tensors(gen), tag)
             w.tensors("critic.safetensors", state_tensors(critic), tag)
-        w.text("tokenizer.json", tokenizer.to_str())
-        w.json("config.json", {"format": FORMAT, "format_version": FORMAT_VERSION, "reviewgan": __version__,
-                               "stages": stages, "vocab_size": tokenizer.vocab_size, "config": self.cfg.to_dict(),
-                               "metrics": metrics or {}})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "reviewgan": __version__, "stages": stages,
+                "vocab_size": tokenizer.vocab_size, "config": self.cfg.to_dict(), "metrics": metrics or {}}
+        base = getattr(ae, "base_info", None)
+        if base is not None:  # the pretrained family: the base model (and its tokenizer) named, not copied
+            meta["base"] = base
+        else:
+            w.text("tokenizer.json", tokenizer.to_str())
+        w.json("config.json", meta)
         for name, opt in (optims or {}).items():
             tensors, meta = optimizer_tensors(opt)
             w.tensors(f"train_state/{name}.safetensors", tensors)
@@ -237,8 +244,9 @@ def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = Fa
         meta = {**meta, "config": apply_overrides(Config.from_dict(meta["config"]), sample).to_dict()}
     dst.mkdir(parents=True, exist_ok=True)
     w = CheckpointWriter(dst)
-    w.text("tokenizer.json", (src / "tokenizer.json").read_text())
-    weights = ["lm.safetensors"] if meta["config"].get("model") == "lm" else ["autoencoder.safetensors"]
+    if "base" not in meta:  # the pretrained family's tokenizer is its base model's
+        w.text("tokenizer.json", (src / "tokenizer.json").read_text())
+    weights = [stage1_file(Config.from_dict(meta["config"]))]
     if "gan" in meta.get("stages", []):
         weights += ["generator.safetensors"] + (["critic.safetensors"] if keep_critic else [])
     for name in weights:
@@ -251,7 +259,7 @@ def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = Fa
         w.tensors(name, tensors, {"released_from": str(src.name), "dtype": "float16" if half else "float32"})
     w.json("config.json", {**meta, "released": True})
     w.commit()
-    return [dst / n for n in ["config.json", "tokenizer.json", *weights]]
+    return [dst / n for n in ["config.json", *(["tokenizer.json"] if "base" not in meta else []), *weights]]
 
 
 # --------------------------------------------------------------------------- optimiser state, no pickle

@@ -133,7 +133,8 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device, overrides=args.overrides)
+    result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device, overrides=args.overrides,
+                       model_dir=args.model)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="speed and memory of training and generation, against straightforward baselines")
     b.add_argument("--preset", default="default", help="config whose model sizes are measured")
     b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
+    b.add_argument("--model", help="time generation with this trained model (default: an untrained model of the "
+                   "preset, whose reviews never end: every one takes the whole token budget)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

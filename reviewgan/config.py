@@ -29,12 +29,16 @@ class DataConfig:
     test_frac: float = 0.05
     limit: int = 0  # use at most this many training reviews (0 = all); for quick runs
     opinion_filter: float = 0.9  # keep training units a whole-review classifier gives >= this for their label (0 = off): 44 % of chunks
+    lowercase: bool = True  # the LSTM family's WordPiece is uncased; a pretrained decoder's tokenizer keeps case
     text_column: str = ""  # CSV/JSONL: name of the text column ("" = guess)
     label_column: str = ""  # CSV/JSONL: name of the label column ("" = guess)
 
 
 @dataclass
 class AEConfig:
+    """Stage 1. family lstm: an LSTM encoder and decoder trained from scratch (the paper's design);
+    family pretrained: a frozen sentence embedder as encoder and a pretrained LM (the base) as decoder."""
+    family: str = "lstm"  # lstm | pretrained
     emb_dim: int = 100  # paper 5.1
     enc_hidden: int = 256  # the paper's 100 holds too little of a 40-token review
     enc_bidirectional: bool = True  # read the review both ways: the code then holds its start as well as its end
@@ -48,6 +52,15 @@ class AEConfig:
     code_noise_decay: float = 0.5  # noise std is multiplied by this after every epoch
     code_to_input: bool = True  # also feed the code to the decoder at every step, so it cannot forget it and loop
     label_to_decoder: bool = True  # the decoder starts from a sentiment token instead of [START]
+    # pretrained family only: the base LM and how the code enters it (pretrained.py)
+    base: str = "smollm2-135m"  # a registered base (base.py) or a folder with a Llama model
+    memory_slots: int = 1  # key/value memory slots per layer that the code becomes (Optimus: 1)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj"  # the base's projections LoRA adapts
+    lora_lr: float = 5e-4  # LoRA's learning rate (ae.lr is the code memory's)
+    max_steps: int = 0  # stop stage 1 after this many steps (0 = all epochs): a time budget
+    warmup_steps: int = 0  # learning rates ramp up linearly over this many steps
     epochs: int = 5  # paper 5.3; ~22 min on a 2-core CPU
     batch_size: int = 64
     lr: float = 1e-3  # Adam, paper 5.3 (s.b.a.)
@@ -140,6 +153,15 @@ class Config:
             (0 <= self.data.opinion_filter < 1, "data.opinion_filter must be in [0, 1)"),
             (0 <= self.data.val_frac < 0.5 and 0 <= self.data.test_frac < 0.5, "split fractions must be in [0, 0.5)"),
             (self.ae.code_activation in ("sigmoid", "tanh", "l2", "none"), "ae.code_activation must be sigmoid|tanh|l2|none"),
+            (self.ae.family in ("lstm", "pretrained"), "ae.family must be lstm or pretrained"),
+            (self.ae.family == "lstm" or (self.ae.code_dim == 384 and self.ae.code_activation == "l2"
+                                          and not self.ae.variational and not self.ae.label_to_decoder
+                                          and self.model == "gan"),
+             "ae.family=pretrained: the code is the embedder's (ae.code_dim=384, ae.code_activation=l2, no VAE), "
+             "the decoder takes no sentiment (ae.label_to_decoder=false), model gan"),
+            (1 <= self.ae.memory_slots <= 64 and 1 <= self.ae.lora_rank <= 1024 and self.ae.lora_alpha > 0,
+             "ae.memory_slots in 1..64, ae.lora_rank in 1..1024, ae.lora_alpha > 0"),
+            (self.ae.max_steps >= 0 and self.ae.warmup_steps >= 0, "ae.max_steps and ae.warmup_steps must be >= 0"),
             (0 < self.ae.code_dim <= 8192 and 0 < self.ae.emb_dim <= 8192 and 0 < self.ae.enc_hidden <= 8192, "ae sizes must be in 1..8192"),
             (0 <= self.ae.dropout < 1 and 0 <= self.gan.g_dropout < 1 and 0 <= self.gan.c_dropout < 1, "dropout must be in [0, 1)"),
             (self.ae.epochs >= 0 and self.gan.steps >= 0, "epochs/steps must be >= 0"),

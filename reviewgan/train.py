@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist
-from .autoencoder import Autoencoder, encode_units, evaluate_autoencoder
+from .autoencoder import Autoencoder, evaluate_autoencoder
+from .base import load_base
 from .checkpoint import MODEL_FILES, Run, load_weights, read_model_config, recover, stage1_file
 from .config import Config
 from .data import SENTIMENTS
@@ -29,7 +30,7 @@ from .gan import ReferenceSteps, clip_weights_
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device
 from .tokenizer import Tokenizer
-from .units import Data, iterate_batches, pad_batch, prepare_data
+from .units import Data, iterate_batches, prepare_data
 
 
 class TrainingError(RuntimeError):
@@ -49,14 +50,24 @@ def check_finite(value: float, what: str, step: int) -> None:
 # --------------------------------------------------------------------------- stage 1
 
 
-def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = True) -> dict:
+def stage1_optimizer(ae, cfg: Config) -> torch.optim.Optimizer:
+    # fused: one kernel for all parameters. The pretrained family trains LoRA at its own learning rate.
+    groups = ae.param_groups() if hasattr(ae, "param_groups") else [{"params": list(ae.parameters())}]
+    return torch.optim.Adam(groups, lr=cfg.ae.lr, fused=True)
+
+
+def train_autoencoder(run: Run, data: Data, ae, progress: bool = True) -> dict:
+    """Stage 1 for either family (and the LM baseline): the model's batch -> loss -> step, epoch by epoch."""
     cfg, device, st = run.cfg, run.device, run.state["ae"]
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae.lr, fused=True)  # fused: one kernel for all parameters
+    opt = stage1_optimizer(ae, cfg)
     run.load_optimizer("ae_optim", opt)
+    params = [p for p in ae.parameters() if p.requires_grad]  # a pretrained base stays frozen
+    base_lr = [g["lr"] for g in opt.param_groups]
     units = data.units["train"]
     lengths = units.lengths()
     n_batches = math.ceil(len(units) / cfg.ae.batch_size)
-    total = cfg.ae.epochs * n_batches
+    stop = cfg.ae.max_steps or cfg.ae.epochs * n_batches  # a step budget may end stage 1 mid-epoch
+    total = min(cfg.ae.epochs * n_batches, stop)
     name = "language model" if cfg.model == "lm" else "autoencoder"
     bar = tqdm(total=total, initial=st["step"], desc=name, disable=not progress, dynamic_ncols=True)
     ae.train()
@@ -67,10 +78,11 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
         batches = iterate_batches(lengths, cfg.ae.batch_size, np.random.default_rng([cfg.train.seed, epoch]))
         noise_std = cfg.ae.code_noise * cfg.ae.code_noise_decay ** epoch
         for b in range(st["batch"], len(batches)):
+            if st["step"] >= stop:
+                break
             local = dist.shard(batches[b])  # this process's slice of the global batch (all of it alone)
-            ids, lens, labels = pad_batch(units, local, device)
             with autocast(cfg, device):
-                ce, kl, correct, n = ae.loss(ids, lens, labels, noise_std=noise_std)
+                ce, kl, correct, n = ae.loss(*ae.batch(units, local, device), noise_std=noise_std)
             kl_w = cfg.ae.kl_weight * min(1.0, (st["step"] + 1) / max(cfg.ae.kl_anneal_steps, 1))
             # Weight each slice by its share of the global batch's tokens (rows for KL): the gradients
             # summed over processes are then exactly the global batch's (share = 1 in one process).
@@ -80,9 +92,12 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
             check_finite(loss.item(), f"{name} loss", st["step"] + 1)  # before the update: weights stay good
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            dist.sum_gradients(ae.parameters())
+            dist.sum_gradients(params)
             if cfg.ae.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.ae.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.ae.grad_clip)
+            warm = min(1.0, (st["step"] + 1) / cfg.ae.warmup_steps) if cfg.ae.warmup_steps else 1.0
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr * warm
             opt.step()
             st["step"] += 1; st["batch"] = b + 1
             tokens += int(n)
@@ -91,17 +106,19 @@ def train_autoencoder(run: Run, data: Data, ae: Autoencoder, progress: bool = Tr
                 rate = tokens / (time.perf_counter() - t0)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{ce.item():.3f}", acc=f"{int(correct) / int(n):.2f}",
                                 kl=f"{kl.item():.1f}", tok_s=f"{rate:,.0f}")
-            if st["step"] % cfg.train.ckpt_every == 0 and b < len(batches) - 1:
+            if st["step"] % cfg.train.ckpt_every == 0 and b < len(batches) - 1 and st["step"] < stop:
                 run.save(data.tokenizer, ae, optims={"ae_optim": opt})
-        metrics = {"stage": "ae", "epoch": epoch + 1, "step": st["step"],
-                   **{f"val_{k}": v for k, v in evaluate_autoencoder(ae, data.units["val"], device).items()}}
+        val = evaluate_autoencoder(ae, data.units["val"], device, limit=getattr(ae, "val_limit", None))
+        metrics = {"stage": "ae", "epoch": epoch + 1, "step": st["step"], **{f"val_{k}": v for k, v in val.items()}}
         run.metric(metrics)
         run.log(f"{name} epoch {epoch + 1}/{cfg.ae.epochs}: val recon loss {metrics['val_recon_loss']:.3f}, "
                 f"token acc {metrics['val_token_acc']:.3f}")
         show_reconstructions(ae, data, device, run.log, cfg.train.n_samples)
         st["epoch"], st["batch"] = epoch + 1, 0
-        st["done"] = st["epoch"] >= cfg.ae.epochs
+        st["done"] = st["epoch"] >= cfg.ae.epochs or st["step"] >= stop
         run.save(data.tokenizer, ae, optims={"ae_optim": opt}, metrics=metrics)
+        if st["done"]:
+            break
     bar.close()
     if not st["done"]:  # zero epochs requested
         st["done"] = True
@@ -122,8 +139,8 @@ def show_reconstructions(ae, data: Data, device, log, n: int) -> None:
         for y, r in zip(labels.tolist(), rows):
             log(f"  [{SENTIMENTS[y]}] {data.tokenizer.decode(r)}")
     else:
-        ids, lengths, labels = pad_batch(units, list(range(min(n, len(units)))), device)
-        rows, _ = ae.generate(ae.encode(ids, lengths)[0], max_len, labels=labels)
+        batch = ae.batch(units, list(range(min(n, len(units)))), device)
+        rows, _ = ae.generate(ae.codes(batch), max_len, labels=batch[2])
         for i, r in enumerate(rows):
             log(f"  real: {data.tokenizer.decode(units.ids[i])}\n  recon: {data.tokenizer.decode(r)}")
     ae.train()
@@ -158,9 +175,9 @@ def evaluate_gan(gen, critic, codes, labels, cfg, device, seed: int) -> dict:
 def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool = True) -> dict:
     cfg, device, st = run.cfg, run.device, run.state["gan"]
     gcfg = cfg.gan
-    codes = encode_units(ae, data.units["train"], device)  # (N, C), fixed: the AE is frozen in stage 2
+    codes = ae.encode_units(data.units["train"], device)  # (N, C), fixed: stage 1 is frozen in stage 2
     labels = torch.tensor(data.units["train"].labels, device=device)
-    val_codes = encode_units(ae, data.units["val"], device)
+    val_codes = ae.encode_units(data.units["val"], device)
     val_labels = torch.tensor(data.units["val"].labels, device=device)
     opt_g = make_optimizer(gen, cfg)
     opt_c = make_optimizer(critic, cfg)
@@ -337,9 +354,15 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
             for s in (["ae"] if stage in ("ae", "all") else []) + (["gan"] if stage in ("gan", "all") else []):
                 if 0 < run.state[s].get("step", 0) and not run.state[s]["done"]:
                     raise TrainingError(f"{out}: the {s} stage was interrupted; continue it with --resume")
-        tokenizer = Tokenizer.from_file(out / "tokenizer.json")
+        if cfg.ae.family == "lstm":
+            tokenizer = Tokenizer.from_file(out / "tokenizer.json")
+    base = None
+    if cfg.ae.family == "pretrained":  # the base LM brings its own tokenizer; a resumed run keeps its base
+        sha = read_model_config(out).get("base", {}).get("sha256") if reuse else None
+        base = load_base(cfg.ae.base, sha, log=log)
+        tokenizer = base.tokenizer
     data = prepare_data(cfg, tokenizer, log)
-    ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size)
+    ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size, base)
     for m in (ae, gen, critic):
         if m is not None:
             m.to(device)

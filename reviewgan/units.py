@@ -28,6 +28,7 @@ class Units:
     dropped_long: int = 0  # first sentence alone longer than max_len
     dropped_wordless: int = 0  # punctuation or symbols only (e.g. a lone "."): nothing to learn or to judge
     filtered: int = 0  # removed by the opinion filter
+    codes: torch.Tensor | None = None  # (N, C) codes of a frozen encoder, once computed (pretrained family)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -37,6 +38,13 @@ class Units:
 
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.ids], dtype=np.int64)
+
+    def subset(self, idx) -> Units:
+        """These units only, in this order (their codes too, if computed)."""
+        idx = list(idx)
+        codes = self.codes[torch.as_tensor(idx, dtype=torch.long)] if self.codes is not None else None
+        return Units([self.ids[i] for i in idx], [self.labels[i] for i in idx], [self.texts[i] for i in idx],
+                     codes=codes)
 
 
 def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max_len: int, unit: str = "review") -> Units:
@@ -168,7 +176,7 @@ def prepare_data(cfg: Config, tokenizer: Tokenizer | None = None, log=print) -> 
     if cfg.data.limit:  # quick runs: a deterministic subset of every split
         small = max(20, cfg.data.limit // 10)
         splits = {k: limit_records(v, cfg.data.limit if k == "train" else small) for k, v in splits.items()}
-    sents = {k: sentences_of(v, cfg.data.unit) for k, v in splits.items()}
+    sents = {k: sentences_of(v, cfg.data.unit, cfg.data.lowercase) for k, v in splits.items()}
     if tokenizer is None:
         tokenizer = Tokenizer.train((" ".join(s) for s in sents["train"]), cfg.data.vocab_size, cfg.data.min_frequency)
     units = {k: make_units(splits[k], sents[k], tokenizer, cfg.data.max_len, cfg.data.unit) for k in splits}

@@ -53,3 +53,36 @@ def tiny_model_dir(tmp_path_factory, corpus_csv):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(corpus_csv), out, progress=False, log=lambda m: None)
     return out
+
+
+TINY_BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # SmolLM2's first three: unk, BOS, EOS
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A randomly initialised 2-layer Llama (width 32) with a byte-level BPE trained on the synthetic
+    corpus, in Hugging Face's folder layout: the stand-in for SmolLM2 in the tests."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers", reason="the pretrained family needs transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    folder = tmp_path_factory.mktemp("tiny_base")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_BASE_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([t.title() for t, _ in synthetic_reviews()], trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def tiny_pretrained_config(corpus, base, *overrides):
+    """The tiny preset with the pretrained-decoder family on the tiny base."""
+    return tiny_config(corpus, "ae.family=pretrained", "ae.code_dim=384", f"ae.base={base}", "ae.lora_rank=4",
+                       "data.lowercase=false", "ae.batch_size=16", "ae.epochs=1", "ae.lr=0.01", "ae.lora_lr=0.01",
+                       "ae.grad_clip=1.0", "sample.max_len=20", *overrides)

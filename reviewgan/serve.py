@@ -8,7 +8,9 @@ The model is loaded once. Requests that arrive while a batch is being decoded ar
 together in the next batch (micro-batching): one decode of 80 rows costs little more than one of
 5, so 16 concurrent requests no longer queue behind each other. Each request draws its noise and
 sampling numbers from its own seeded torch.Generator, so batching never mixes random state: a
-request with a seed returns the same reviews every time, alone or beside others.
+seeded request gets the same random numbers alone or beside others, and the same reviews up to
+floating-point rounding, which can differ with the batch's size (ReviewGAN.generate_batch says how,
+`python -m reviewgan.loadtest --check-alone K` measures how often).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
 from .model import Request as GenRequest
 from .model import ReviewGAN
 
 MAX_BODY = 16 * 1024  # bytes: a generate request is a few dozen
+BODY_TIMEOUT = 10.0  # seconds a client may take to send its body
 
 
 class GenerateRequest(BaseModel):
@@ -124,10 +130,20 @@ def create_app(model: ReviewGAN) -> FastAPI:
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
             return _error(413, f"request body over {MAX_BODY} bytes")
         if request.method == "POST":
-            body = await request.body()
+            try:  # a client that stalls mid-body is not allowed to hold a connection open
+                body = await asyncio.wait_for(request.body(), BODY_TIMEOUT)
+            except asyncio.TimeoutError:
+                return _error(408, f"request body not received within {BODY_TIMEOUT:g} s")
+            except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
+                return _error(400, "client disconnected")
             if len(body) > MAX_BODY:
                 return _error(413, f"request body over {MAX_BODY} bytes")
         return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # 404, 405, malformed bodies: the same {"error": ...} shape as every other refusal
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -185,5 +201,13 @@ def running_server(model: ReviewGAN):
 
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8000) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:  # fail here, in one line
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     model = ReviewGAN.from_pretrained(model_dir)
     uvicorn.run(create_app(model), host=host, port=port, log_level="info")

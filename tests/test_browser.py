@@ -42,7 +42,8 @@ def test_generate_in_the_browser(server, tmp_path):
             page.click("#generate")
         again = [r["text"] for r in answer.value.json()["reviews"]]
         page.wait_for_function("document.querySelector('#status').textContent.includes('again')")
-        shown = [li.inner_text().strip() for li in page.query_selector_all("#reviews li")]
+        # Each card is the review's text, then a line of metadata.
+        shown = [div.inner_text().strip() for div in page.query_selector_all("#reviews li > div:first-child")]
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert len(again) == 4 and shown == [t.strip() for t in again]

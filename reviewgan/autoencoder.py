@@ -1,7 +1,10 @@
-"""Stage 1: the LSTM autoencoder that maps a short review to a real-valued code and back (paper 5.1).
+"""Stage 1, LSTM family: the autoencoder that maps a short review to a real-valued code and back (paper 5.1).
 
-Encoder: Embedding(V, 100) -> LSTM(100) -> Linear(concat(h_T, c_T)) -> squash -> code (600)
-Decoder: Embedding(V, 100) [+ code at every step] -> LSTM(600, h_0 = code) -> Dropout(0.5) -> Linear(V)
+Encoder: Embedding(V, 100) -> (bi)LSTM(256) -> Linear(concat(h_T, c_T) of each direction) -> squash -> code (600)
+Decoder: Embedding(V, 100) or the sentiment's start token [+ the code at every step]
+         -> LSTM(600, h_0 = code) -> Dropout(0.5) -> Linear(V)
+Sizes are `default`'s; the paper's (presets/paper.toml): a one-way LSTM(100), sigmoid codes, the code
+only as the decoder's initial state. Also the decoding loop and the sampler both families share.
 """
 
 from __future__ import annotations

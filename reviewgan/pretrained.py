@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import torch
@@ -60,11 +61,12 @@ class CodeMemory(nn.Module):
 class PretrainedAutoencoder(nn.Module):
     code_kind = "l2"  # the embedder's codes are unit length; the generator's are squashed to match
 
-    def __init__(self, cfg: AEConfig, base: Base):
+    def __init__(self, cfg: AEConfig, base: Base, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.cfg, self.tokenizer, self.base_info = cfg, base.tokenizer, base.info
-        self.lm = Llama(base.shape)
-        self.lm.load_state_dict(base.weights)  # frozen
+        self.lm = Llama(base.shape, dtype)
+        if not self.lm.embed_tokens.weight.is_meta:  # (built on the meta device, it only describes shapes)
+            self.lm.load_state_dict(base.weights)  # frozen
         self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
         self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
         self.merged = False
@@ -91,6 +93,7 @@ class PretrainedAutoencoder(nn.Module):
         self.merged = True
 
     val_limit = 500  # validation reads the first 500 held-out units: a pass over all takes minutes on a CPU
+    frozen_encoder = True  # codes do not change while training: computed once per set of units
 
     def param_groups(self) -> list[dict]:
         """The code memory at ae.lr, LoRA at ae.lora_lr."""
@@ -150,7 +153,7 @@ class PretrainedAutoencoder(nn.Module):
             return load_file(str(path))["codes"]
         codes = self.encode_texts(texts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks under torchrun write alike
         save_file({"codes": codes.contiguous()}, str(tmp))
         tmp.replace(path)
         return codes
@@ -183,7 +186,10 @@ class PretrainedAutoencoder(nn.Module):
             if bool(sample.any()):
                 temp, p = (x[active] if torch.is_tensor(x) else x for x in per_row)
                 u = uniforms[active, t:t + 1] if uniforms is not None else None
-                drawn = sample_top_p(logits, temp, p, generator, u)
+                if bool(torch.as_tensor(p >= 1.0).all()):
+                    drawn = sample_softmax_(logits, temp, generator, u)
+                else:
+                    drawn = sample_top_p(logits, temp, p, generator, u)
                 tokens = torch.where(sample, drawn, tokens)
             out[active, t] = tokens
             done = tokens == tok.end_id
@@ -198,6 +204,19 @@ class PretrainedAutoencoder(nn.Module):
         for r, e in zip(out.tolist(), ended.tolist()):
             rows.append(r[:r.index(tok.end_id)] if e else r)
         return rows, ended.tolist()
+
+
+def sample_softmax_(logits: torch.Tensor, temperature, generator=None, u=None) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), by inverse CDF: what
+    autoencoder.sample_top_p draws at top_p = 1 (tests compare them), in place and without normalising
+    the probabilities: over SmolLM2's 49,152 tokens each pass costs as much as a layer of the model.
+    Overwrites logits (B, V) with an unnormalised CDF."""
+    if u is None:
+        u = torch.rand(logits.size(0), 1, generator=generator, device=logits.device)
+    logits.sub_(logits.amax(-1, keepdim=True)).div_(temperature).exp_()
+    cdf = torch.cumsum(logits, -1, out=logits)
+    idx = torch.searchsorted(cdf, u.clamp_min(1e-7) * cdf[:, -1:])
+    return idx.squeeze(-1).clamp_(max=logits.size(-1) - 1)
 
 
 class _TiedHead:

@@ -11,7 +11,6 @@ an uninterrupted run would have reached.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .autoencoder import Autoencoder, evaluate_autoencoder
 from .base import load_base
-from .checkpoint import MODEL_FILES, Run, load_weights, read_model_config, recover, stage1_file
+from .checkpoint import Run, claim_folder, load_weights, read_model_config, recover, stage1_file
 from .config import Config
 from .data import SENTIMENTS
 from . import gan_fast
@@ -64,6 +63,10 @@ def train_autoencoder(run: Run, data: Data, ae, progress: bool = True) -> dict:
     params = [p for p in ae.parameters() if p.requires_grad]  # a pretrained base stays frozen
     base_lr = [g["lr"] for g in opt.param_groups]
     units = data.units["train"]
+    if getattr(ae, "frozen_encoder", False) and units.codes is None:  # codes are inputs: computed once, cached
+        run.log(f"encoding {len(units)} training and {len(data.units['val'])} validation units with the frozen "
+                "sentence embedder (once; cached)")
+        ae.encode_units(units, device), ae.encode_units(data.units["val"], device)
     lengths = units.lengths()
     n_batches = math.ceil(len(units) / cfg.ae.batch_size)
     stop = cfg.ae.max_steps or cfg.ae.epochs * n_batches  # a step budget may end stage 1 mid-epoch
@@ -277,18 +280,11 @@ MACHINE_SETTINGS = ("device", "threads")  # train.* keys that change speed, not 
 def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Config, bool]:
     """Decide what to do with `out`. Returns the config to use and whether earlier work is reused."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"--out {out} exists and is not a directory")
-    has_run = (out / "config.json").exists() or (out / ".pending").exists()
-    if has_run and force:
-        for name in MODEL_FILES:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        has_run = False
-    if not has_run:
+    if resume and force:
+        raise TrainingError("--resume continues the run in --out and --force replaces it: give one of them")
+    if not claim_folder(out, force):  # a new or empty folder, or a replaced run
         if resume:
             log(f"nothing to resume in {out}; starting a new run")
-        out.mkdir(parents=True, exist_ok=True)
         return cfg, False
     recover(out)
     saved = Config.from_dict(read_model_config(out)["config"])

@@ -42,6 +42,16 @@ def corpus_csv(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def cased_corpus_csv(tmp_path_factory):
+    """The synthetic corpus with each sentence capitalised, for the cased pretrained family."""
+    import re
+    path = tmp_path_factory.mktemp("cased") / "reviews.csv"
+    cap = lambda t: re.sub(r"(^|[.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), t)  # noqa: E731
+    write_csv(path, [(cap(t), label) for t, label in synthetic_reviews()])
+    return path
+
+
 def tiny_config(corpus, *overrides):
     return apply_overrides(load_preset("tiny"), [f"data.dataset={corpus}", *overrides])
 

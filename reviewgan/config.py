@@ -111,6 +111,7 @@ class SampleConfig:
     temperature: float = 0.8  # sampling only; at 0.7 one of three seeds fell to distinct-2 0.543
     top_p: float = 1.0  # sampling only: nucleus size
     max_len: int = 60  # most tokens a review may take before it is cut off, past the training length to reach its own [END] (0 = data.max_len)
+    noise_scale: float = 1.0  # sd of the generator's noise at generation; below 1 draws more typical codes (the truncation trick)
 
 
 @dataclass
@@ -190,7 +191,7 @@ RANGES = [
     ("gan", "n_critic", 1, 1000), ("gan", "steps", 0, 1e12), ("gan", "batch_size", 1, 1_000_000),
     ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
-    ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096),
+    ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),

@@ -243,7 +243,7 @@ class ReviewGAN:
         z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
         for r, b in zip(requests, counts):
             if not self.is_lm:
-                z.append(torch.randn(b, self.cfg.gan.noise_dim, generator=r.generator, device=dev))
+                z.append(torch.randn(b, self.cfg.gan.noise_dim, generator=r.generator, device=dev) * self.cfg.sample.noise_scale)
             u.append(torch.rand(b, r.max_len, generator=r.generator, device=dev))
             u[-1] = torch.nn.functional.pad(u[-1], (0, max_len - r.max_len), value=0.5)
             labels += [r.label] * b

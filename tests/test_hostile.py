@@ -323,3 +323,23 @@ def test_report_refuses_files_that_are_not_metrics(tmp_path, capsys):
     f.write_text('{"self_bleu4": "high", "fed": null, "distinct2": 0.5}')  # odd values: shown as n/a, not a crash
     assert main(["report", f"x={f}"]) == 0
     assert "| x |" in capsys.readouterr().out
+
+
+def test_noise_scale_sets_the_sd_of_the_generators_noise(tiny):
+    seen = []
+    forward = tiny.generator.forward
+    tiny.generator.forward = lambda z, y: (seen.append(z), forward(z, y))[1]
+    try:
+        for scale in (1.0, 0.25):
+            tiny.cfg.sample.noise_scale = scale
+            tiny.generate("positive", n=200, seed=0)
+    finally:
+        tiny.cfg.sample.noise_scale = 1.0
+        del tiny.generator.forward
+    assert torch_std(seen[0]) == pytest.approx(1.0, abs=0.05)
+    assert torch_std(seen[1]) == pytest.approx(0.25, abs=0.0125)
+    assert (seen[1] * 4 - seen[0]).abs().max() < 1e-5  # the same draws, scaled
+
+
+def torch_std(z) -> float:
+    return float(z.std())

@@ -343,3 +343,15 @@ def test_noise_scale_sets_the_sd_of_the_generators_noise(tiny):
 
 def torch_std(z) -> float:
     return float(z.std())
+
+
+def test_cli_noise_scale_is_range_checked_and_used(tiny_model_dir, capsys):
+    for bad in ("nan", "0", "1e9"):
+        assert main(["generate", "--model", str(tiny_model_dir), "--noise-scale", bad, "-n", "1"]) == 2
+        assert "noise_scale" in one_error_line(capsys)
+    outs = []
+    for scale in ("1.0", "0.01"):
+        assert main(["generate", "--model", str(tiny_model_dir), "--noise-scale", scale, "-n", "8", "--seed", "0",
+                     "--greedy"]) == 0
+        outs.append(capsys.readouterr().out.splitlines())
+    assert len(set(outs[1])) < len(set(outs[0]))  # nearly noise-free codes: nearly one review

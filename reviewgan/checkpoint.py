@@ -116,9 +116,9 @@ def is_model_dir(path: Path) -> bool:
     its first checkpoint, the one in .pending/) says so."""
     for config in (Path(path) / "config.json", Path(path) / ".pending" / "config.json"):
         try:
-            if config.stat().st_size <= MAX_JSON_BYTES and json.loads(config.read_text()).get("format") == FORMAT:
+            if read_json(config).get("format") == FORMAT:
                 return True
-        except (OSError, ValueError, AttributeError):
+        except (ModelError, OSError):
             continue
     return False
 
@@ -195,31 +195,33 @@ def _check(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path
     return tensors
 
 
-def check_header(module: torch.nn.Module, path: Path) -> None:
-    """Check a weights file against a module from its header alone (no tensor is read): done with the
-    module built on the meta device, before a config that promises a huge model allocates anything."""
+def _read_safetensors(path: Path, read):
+    """read(str path) on a weights file, with a missing or unreadable file as one ModelError line."""
     if not path.exists():
         raise ModelError(f"{path.parent}: missing {path.name}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-            kinds = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        return read(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+
+
+def _header(path: str) -> dict[str, tuple[list[int], str]]:
+    """name -> (shape, dtype name) of every tensor in a safetensors file, from its header alone."""
+    with safe_open(path, framework="pt") as f:
+        return {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def check_header(module: torch.nn.Module, path: Path) -> None:
+    """Check a weights file against a module from its header alone (no tensor is read): done with the
+    module built on the meta device, before a config that promises a huge model allocates anything."""
     float_kinds = ("F16", "BF16", "F32", "F64")
-    _check(module, {k: torch.empty(s, device="meta", dtype=torch.float32 if kinds[k] in float_kinds else torch.int64)
-                    for k, s in shapes.items()}, path)
+    _check(module, {k: torch.empty(shape, device="meta", dtype=torch.float32 if kind in float_kinds else torch.int64)
+                    for k, (shape, kind) in _read_safetensors(path, _header).items()}, path)
 
 
 def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
     """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
-    if not path.exists():
-        raise ModelError(f"{path.parent}: missing {path.name}")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
-    tensors = _check(module, tensors, path)
+    tensors = _check(module, _read_safetensors(path, lambda p: load_file(p, device="cpu")), path)
     expected = module.state_dict()
     module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     module.to(device)

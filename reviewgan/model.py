@@ -18,7 +18,7 @@ import torch
 from .autoencoder import Autoencoder
 from .base import Base, load_base
 from .checkpoint import ModelError, check_header, load_weights, read_model_config, stage1_file
-from .config import Config, ConfigError
+from .config import RANGES, Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
@@ -61,9 +61,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Decoding options a caller may pass, checked alike wherever they enter (CLI, Python, HTTP).
-TEMPERATURE = (0.01, 100.0)  # below, the logits / T overflow to a one-token distribution; above, uniform noise
-MAX_TOKENS = 4096
+# Decoding options a caller may pass, checked alike wherever they enter (CLI, Python, HTTP), within the
+# bounds the config itself allows (config.RANGES). Temperature: below 0.01 the logits / T overflow to a
+# one-token distribution; above 100 it is uniform noise.
+_SAMPLE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "sample"}
+TEMPERATURE, TOP_P, MAX_TOKENS = _SAMPLE["temperature"], _SAMPLE["top_p"], _SAMPLE["max_len"][1]
 
 
 def check_int(value, name: str, lo: int, hi: int) -> int:
@@ -79,7 +81,7 @@ def check_decoding(greedy, temperature, top_p, max_len) -> tuple:
     """-> (greedy, temperature, top_p, max_len) validated; None stays None (the model's default)."""
     if greedy is not None and not isinstance(greedy, bool):
         raise ValueError(f"greedy must be True, False or None, got {greedy!r}")
-    for name, v, lo, hi in (("temperature", temperature, *TEMPERATURE), ("top_p", top_p, 1e-6, 1.0)):
+    for name, v, lo, hi in (("temperature", temperature, *TEMPERATURE), ("top_p", top_p, *TOP_P)):
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:

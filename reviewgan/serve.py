@@ -5,8 +5,8 @@
     GET  /api/health    GET /  (the page)    GET /openapi.json
 
 The model is loaded once. Requests that arrive while a batch is being decoded are decoded
-together in the next batch (micro-batching): one decode of 80 rows costs little more than one of
-5, so 16 concurrent requests no longer queue behind each other. Each request draws its noise and
+together in the next batch (micro-batching): one decode of 80 rows costs far less than 16 decodes
+of 5, so 16 concurrent requests do not queue behind each other one by one. Each request draws its noise and
 sampling numbers from its own seeded torch.Generator, so batching never mixes random state: a
 seeded request gets the same random numbers alone or beside others, and the same reviews up to
 floating-point rounding, which can differ with the batch's size (ReviewGAN.generate_batch says how,

@@ -66,7 +66,8 @@ def train_autoencoder(run: Run, data: Data, ae, progress: bool = True) -> dict:
     if getattr(ae, "frozen_encoder", False) and units.codes is None:  # codes are inputs: computed once, cached
         run.log(f"encoding {len(units)} training and {len(data.units['val'])} validation units with the frozen "
                 "sentence embedder (once; cached)")
-        ae.encode_units(units, device), ae.encode_units(data.units["val"], device)
+        ae.encode_units(units, device)
+        ae.encode_units(data.units["val"], device)
     lengths = units.lengths()
     n_batches = math.ceil(len(units) / cfg.ae.batch_size)
     stop = cfg.ae.max_steps or cfg.ae.epochs * n_batches  # a step budget may end stage 1 mid-epoch

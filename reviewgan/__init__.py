@@ -1,7 +1,7 @@
 """reviewgan: a conditional latent-space text GAN that writes positive or negative movie reviews."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
-from .model import Review, ReviewGAN  # noqa: E402
+from .model import Review, ReviewGAN, Rewrite  # noqa: E402
 
-__all__ = ["ReviewGAN", "Review", "__version__"]
+__all__ = ["ReviewGAN", "Review", "Rewrite", "__version__"]

@@ -299,14 +299,16 @@ class Run:
 def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = False,
                  sample: list[str] | None = None, replace: bool = False) -> list[Path]:
     """A release copy of a model directory: config, tokenizer and weights (fp16 by default), no training
-    state. `sample` overrides the default decoding (`sample.key=value`): nothing that training produced."""
+    state. `sample` overrides the default decoding and rewriting (`sample.key=value`, `rewrite.key=value`):
+    nothing that training produced."""
     src, dst = Path(src), Path(dst)
     meta = read_model_config(src)
     if src.resolve() == dst.resolve():
         raise ModelError(f"export --out {dst} is the model folder itself: choose another")
     if sample:
-        if any(not s.startswith("sample.") for s in sample):
-            raise ConfigError("export only changes the decoding defaults: use --set sample.KEY=VALUE")
+        if any(not s.startswith(("sample.", "rewrite.")) for s in sample):
+            raise ConfigError("export only changes the decoding defaults: use --set sample.KEY=VALUE or "
+                              "rewrite.KEY=VALUE")
         meta = {**meta, "config": apply_overrides(Config.from_dict(meta["config"]), sample).to_dict()}
     if claim_folder(dst, replace, "export --out"):
         raise ModelError(f"export --out {dst} already holds a reviewgan model: add --force to replace it")

@@ -1,4 +1,4 @@
-"""The `reviewgan` command: train, generate, evaluate, report, bench, serve, export, stats."""
+"""The `reviewgan` command: train, generate, rewrite, interpolate, evaluate, report, bench, serve, export, stats."""
 
 from __future__ import annotations
 
@@ -64,6 +64,67 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def read_rewrite_input(path: str) -> tuple[list[str], list[str | None]]:
+    """--input FILE (or - for standard input): one review per line, or JSONL records with `text` and
+    an optional `sentiment`. Blank lines are skipped. -> (texts, sentiments or None each)."""
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no reviews in it (one per line, or JSONL with a text field)")
+    if not lines[0][1].lstrip().startswith("{"):
+        return [line for _, line in lines], [None] * len(lines)
+    texts, sentiments = [], []
+    for i, line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{i}: not a JSON object (the file's first line is JSONL)") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise ValueError(f"{path}:{i}: a record needs a text field holding a string")
+        s = rec.get("sentiment")
+        if s is not None and s not in ("positive", "negative"):
+            raise ValueError(f"{path}:{i}: sentiment must be positive or negative, got {s!r}")
+        texts.append(rec["text"])
+        sentiments.append(s)
+    return texts, sentiments
+
+
+def cmd_rewrite(args) -> int:
+    from .model import ReviewGAN
+    texts, sentiments = list(args.texts), [None] * len(args.texts)
+    if args.input:
+        more, given = read_rewrite_input(args.input)
+        texts, sentiments = texts + more, sentiments + given
+    if not texts:
+        raise ValueError("no reviews to rewrite: give them as arguments or with --input FILE")
+    model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
+    greedy = True if args.greedy else (False if args.temperature is not None else None)
+    records = model.rewrite(texts, to=args.to, strength=args.strength, sentiments=sentiments, method=args.method,
+                            seed=args.seed, greedy=greedy, temperature=args.temperature)
+    for i, r in enumerate(records, 1):
+        if args.format == "jsonl":
+            print(json.dumps(r.to_dict()))
+        else:
+            print(r.text)
+            if r.note:
+                print(f"note: review {i}: {r.note}", file=sys.stderr)
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .model import ReviewGAN
+    model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
+    texts = model.interpolate(args.a, args.b, steps=args.steps, greedy=True if args.greedy else None, seed=args.seed)
+    for k, text in enumerate(texts):
+        t = k / (len(texts) - 1)
+        print(json.dumps({"t": round(t, 4), "text": text}) if args.format == "jsonl" else f"{t:.2f}  {text}")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from .report import stats
     cfg = _config(args)
@@ -81,12 +142,41 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def parse_settings(text: str | None) -> dict | None:
+    """--strengths "mean=0.5,1,2;invert=1" -> {"mean": (0.5, 1.0, 2.0), "invert": (1.0,)}."""
+    if text is None:
+        return None
+    out = {}
+    for part in text.split(";"):
+        method, _, values = part.partition("=")
+        if method.strip() not in ("mean", "invert") or not values.strip():
+            raise ValueError(f"--strengths: {part!r} must look like mean=0.5,1 or invert=1")
+        try:
+            out[method.strip()] = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"--strengths: {values!r} must be numbers separated by commas") from None
+        if not all(0 <= v <= 10 for v in out[method.strip()]):
+            raise ValueError(f"--strengths: strengths must be in [0, 10], got {values!r}")
+    return out
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, sweep
     from .model import ReviewGAN
     from .report import write_report
     if args.n < 2:
         raise ValueError("--n must be at least 2")
+    if args.rewrite:
+        from .evaluate import evaluate_rewrite
+        from .report import rewrite_table
+        if args.real or args.sweep or args.samples:
+            raise ValueError("--rewrite measures rewrites of real reviews: it does not combine with --real, "
+                             "--sweep or --samples")
+        result = evaluate_rewrite(args.model, n=args.n, seed=args.seed, settings=parse_settings(args.strengths),
+                                  out=args.out, log=lambda m: print(m, file=sys.stderr), temperature=args.temperature,
+                                  greedy=True if args.greedy else None)
+        print(json.dumps(result) if args.json else rewrite_table(result))
+        return 0
     if args.sweep:
         result = sweep(args.model, args.sweep_models or [], n=args.n, seed=args.seed, out=args.out)
         print(json.dumps(result) if args.json else f"sweep written to {args.out}")
@@ -202,6 +292,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
     g.set_defaults(func=cmd_generate)
 
+    w = sub.add_parser("rewrite", help="rewrite reviews into a sentiment: encode, move the code, decode")
+    w.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to rewrite (or use --input)")
+    w.add_argument("--to", required=True, choices=["positive", "negative", "flip"],
+                   help="the target sentiment; flip: each into the other one (the source's sentiment from --input "
+                   "JSONL, else the model's own reading, which the output notes)")
+    w.add_argument("--input", metavar="FILE", help="one review per line, or JSONL with text (and sentiment); - for stdin")
+    w.add_argument("--model", help="model directory (default: the bundled pretrained model)")
+    w.add_argument("--strength", type=float, help="how far the code moves (default: the model's rewrite.strength, "
+                   "1.5 for the bundled model): 0 decodes the source's own code, more trades content for sentiment")
+    w.add_argument("--method", choices=["mean", "invert"], help="mean: add the generator's sentiment direction; "
+                   "invert: fit the generator's noise to the code, then swap its label (default: the model's)")
+    w.add_argument("--seed", type=int, default=0, help="random seed: same seed, same rewrites")
+    w.add_argument("--temperature", type=float, help="sampling temperature (default: the model's rewrite.temperature, 0.6)")
+    w.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    w.add_argument("--format", choices=["text", "jsonl"], default="text",
+                   help="text: one rewrite per line (notes on stderr); jsonl: {source, text, from, to[, note, read]}")
+    w.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
+    w.set_defaults(func=cmd_rewrite)
+
+    i = sub.add_parser("interpolate", help="decode evenly spaced codes on the way from one review to another")
+    i.add_argument("a", metavar="TEXT_A", help="the review to start from")
+    i.add_argument("b", metavar="TEXT_B", help="the review to end at")
+    i.add_argument("--steps", type=int, default=5, help="codes to decode, both ends included (2-50)")
+    i.add_argument("--model", help="model directory (default: the bundled pretrained model)")
+    i.add_argument("--seed", type=int, default=0, help="random seed: same seed, same reviews")
+    i.add_argument("--greedy", action="store_true", help="argmax decoding (default: the model's rewrite decoding)")
+    i.add_argument("--format", choices=["text", "jsonl"], default="text", help="'t  text' lines or JSON objects")
+    i.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
+    i.set_defaults(func=cmd_interpolate)
+
     e = sub.add_parser("evaluate", help="measure a model (or real reviews) with the field's metrics")
     e.add_argument("--model", help="model directory (default: the bundled pretrained model)")
     e.add_argument("--n", type=int, default=1000, help="reviews to generate, half per sentiment")
@@ -216,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", help="measure the reviews in this JSONL file (from --save-samples or generate "
                    "--format jsonl) instead of generating; --model then needs only config.json and tokenizer.json")
     e.add_argument("--save-samples", metavar="FILE", help="also write the measured reviews to this JSONL file")
+    e.add_argument("--rewrite", action="store_true", help="flip --n held-out real chunks into the other sentiment "
+                   "at several strengths and measure transfer, content kept and fluency beside two baselines "
+                   "(with --out: rewrite.json, rewrite.md, rewrite_trade.png)")
+    e.add_argument("--strengths", help='with --rewrite: the settings to measure, e.g. "mean=0.5,1,2;invert=1" '
+                   "(default: mean at 0.5-3, invert at 0.5-1.5, and the model's default)")
     e.add_argument("--sweep", action="store_true", help="temperature sweep: quality-diversity curve (needs --out)")
     e.add_argument("--sweep-models", nargs="*", help="further model directories drawn on the same sweep plot")
     e.set_defaults(func=cmd_evaluate)
@@ -250,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a reviewgan model already in --out")
     x.add_argument("--keep-critic", action="store_true", help="also ship the critic (not needed to generate)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
-                   help="default decoding of the release, e.g. --set sample.greedy=false --set sample.temperature=0.8")
+                   help="default decoding of the release, e.g. --set sample.temperature=0.8 --set rewrite.strength=1.5")
     x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")

@@ -115,12 +115,23 @@ class SampleConfig:
 
 
 @dataclass
+class RewriteConfig:
+    """The model's default rewriting into the other sentiment (`reviewgan rewrite`; rewrite.py)."""
+    method: str = "mean"  # mean: add the generator's sentiment direction | invert: fit the generator's noise, swap its label
+    strength: float = 0.25  # how far the code moves: 0 decodes the source's own code, more trades content for transfer
+    invert_steps: int = 200  # Adam steps fitting the noise (method invert)
+    greedy: bool = False  # greedy rewrites repeat themselves (Self-BLEU-4 0.39 against 0.16 sampled, pretrained family)
+    temperature: float = 0.6  # sampling only
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     model: str = "gan"  # gan: autoencoder + conditional WGAN | lm: the conditional LSTM LM baseline
     preset: str = "default"
 
@@ -192,13 +203,15 @@ RANGES = [
     ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
     ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
+    ("rewrite", "strength", 0.0, 10.0), ("rewrite", "invert_steps", 1, 10_000),
+    ("rewrite", "temperature", 0.01, 100.0),
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
     ("ae", "family", ("lstm", "pretrained")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
     ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
     ("gan", "optimizer", ("rmsprop", "adam")), ("train", "amp", ("bf16", "none")),
-    ("train", "device", ("cpu", "cuda", "auto")),
+    ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),
 ]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -206,7 +219,8 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # Keys older versions wrote into config.json that no longer exist and never changed results: skipped on load.
 RETIRED = {("train", "compile")}
 
-SECTIONS = {"data": DataConfig, "ae": AEConfig, "gan": GANConfig, "train": TrainConfig, "sample": SampleConfig}
+SECTIONS = {"data": DataConfig, "ae": AEConfig, "gan": GANConfig, "train": TrainConfig, "sample": SampleConfig,
+            "rewrite": RewriteConfig}
 
 
 def _coerce(value, typ: str, name: str):

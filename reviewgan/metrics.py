@@ -130,6 +130,29 @@ def bleu(hypotheses: list[str], references: list[str], n: int = 4, max_samples: 
     return float(np.mean([refs.sentence_bleu(h) for h in hyps]))
 
 
+def corpus_bleu(hypotheses: list[str], references: list[str], n: int = 4) -> float:
+    """Corpus BLEU-n of paired texts, hypothesis i against reference i alone (Papineni et al.; what
+    multi-bleu.perl reports, lowercased): clipped n-gram matches and lengths summed over the corpus,
+    then the geometric mean of the n precisions times the brevity penalty. No smoothing: 0 when some
+    order has no match at all. Style transfer's content score: a rewrite against its source."""
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError("corpus_bleu needs as many references as hypotheses, at least one")
+    matched, total = [0] * n, [0] * n
+    hyp_len = ref_len = 0
+    for h, r in zip(hypotheses, references):
+        h, r = words(h), words(r)
+        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
+        for k in range(1, n + 1):
+            hc, rc = Counter(_ngrams(h, k)), Counter(_ngrams(r, k))
+            matched[k - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            total[k - 1] += max(0, len(h) - k + 1)
+    if hyp_len == 0 or min(matched) == 0:
+        return 0.0
+    log_p = sum(math.log(m / t) for m, t in zip(matched, total)) / n
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return bp * math.exp(log_p)
+
+
 # ----------------------------------------------------------------------------------------- diversity
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -23,9 +23,13 @@ from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
 from .pretrained import PretrainedAutoencoder
+from .rewrite import class_means, fit_length, move, path_between, read_sentiment
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
+MAX_REWRITE = 10_000  # texts per rewrite call
+MAX_STEPS = 50  # codes per interpolation
+REWRITE_TARGETS = ("positive", "negative", "flip")
 
 
 @dataclass
@@ -49,6 +53,26 @@ class Review:
 
     def to_dict(self) -> dict:
         return {"sentiment": self.sentiment, "text": self.text, "tokens": self.tokens, "ended": self.ended}
+
+
+@dataclass
+class Rewrite:
+    """One review rewritten: `source` as given, `text` the rewrite, `sentiment_from` what the source
+    was taken to be (given, or the model's reading, which `note` then says), `to` the target."""
+    source: str
+    text: str
+    sentiment_from: str
+    to: str
+    note: str | None = None
+    read: str | None = None  # the part of the source the model read, when it was cut to fit
+
+    def to_dict(self) -> dict:
+        d = {"source": self.source, "text": self.text, "from": self.sentiment_from, "to": self.to}
+        if self.note:
+            d["note"] = self.note
+        if self.read is not None:
+            d["read"] = self.read
+        return d
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,6 +176,7 @@ class ReviewGAN:
         self.generator, self.critic = generator, critic
         self.device = torch.device(device)
         self.path = path
+        self._means = None  # the generator's class means, computed on first use (class_means)
         for m in (autoencoder, generator, critic):
             if m is not None:
                 m.to(self.device).eval()
@@ -320,3 +345,133 @@ class ReviewGAN:
             raise ValueError("this model's decoder is conditioned on the sentiment: pass sentiment=")
         rows, ended = self.autoencoder.generate(codes.to(self.device), max_len, greedy, temperature, top_p, g, labels)
         return [r.text for r in self._reviews(rows, ended, sentiment or "")]
+
+    # ------------------------------------------------------------------ moving codes (rewrite.py)
+
+    def _sources(self, texts) -> tuple[list[str], list[str | None]]:
+        """Texts as given -> (cleaned texts cut to the model's length, a note for each cut one)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a non-empty list of strings")
+        if len(texts) > MAX_REWRITE:
+            raise ValueError(f"at most {MAX_REWRITE} texts per call, got {len(texts)}")
+        limit = self.cfg.data.max_len - 1  # the training length, [END] excluded
+        count = lambda t: len(self.tokenizer.encode(t))  # noqa: E731
+        read, notes = [], []
+        for i, t in enumerate(texts, 1):
+            where = "" if len(texts) == 1 else f"text {i}: "
+            if not t.strip():
+                raise ValueError(f"{where}the text is empty")
+            cleaned = clean_text(t, self.cfg.data.lowercase)
+            if not cleaned:
+                raise ValueError(f"{where}the text is empty after cleaning (markup or control characters only)")
+            fitted, note = fit_length(cleaned, count, limit)
+            read.append(fitted)
+            notes.append(note)
+        return read, notes
+
+    def _need_generator(self, what: str) -> None:
+        if self.is_lm:
+            raise ModelError(f"the LM baseline has no codes: {what} needs a GAN model")
+        if self.generator is None:
+            raise ModelError(f"{self.path}: {what} needs the GAN's generator (train the gan stage)")
+
+    def class_means(self) -> torch.Tensor:
+        """(2, code_dim): the generator's mean code of each sentiment (negative, positive), computed once."""
+        self._need_generator("the sentiment direction")
+        if self._means is None:
+            self._means = class_means(self.generator)
+        return self._means
+
+    def read_sentiment(self, texts) -> list[str]:
+        """The model's own reading of texts: the side of the generator's two class means their codes lie on."""
+        read, _ = self._sources(texts)
+        return [SENTIMENTS[int(y)] for y in read_sentiment(self._codes(read), self.class_means())]
+
+    def _codes(self, read: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.autoencoder.encode_texts(read, self.tokenizer, self.cfg.data.max_len, self.device)
+
+    def _decode_codes(self, codes, labels, greedy, temperature, top_p, g) -> list[str]:
+        max_len = self.cfg.sample.max_len or self.cfg.data.max_len
+        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g,
+                                                labels if self.decoder_takes_sentiment else None)
+        return [self.tokenizer.decode(r) for r in rows]
+
+    def rewrite(self, texts, to="flip", strength: float | None = None, sentiments=None, method: str | None = None,
+                seed: int = 0, greedy: bool | None = None, temperature: float | None = None,
+                top_p: float | None = None) -> list[Rewrite]:
+        """Rewrite reviews into a sentiment: encode each, move its code (rewrite.py), decode it.
+
+        to: positive, negative or flip (each into the other sentiment). sentiments: the sources' own
+        sentiments, one per text (None for any the model should read itself, which the record's note
+        says). strength, method: how far and how the code moves; decoding: the config's `rewrite`
+        section unless given (a temperature or top_p implies sampling). Same seed, same rewrites. A text longer than the model's length is cut at a sentence boundary (noted).
+        """
+        self._need_generator("rewrite")
+        if not isinstance(to, str) or to.lower() not in REWRITE_TARGETS:
+            raise ValueError(f"unknown target {to!r} (use positive, negative or flip)")
+        rc = self.cfg.rewrite
+        method = rc.method if method is None else method
+        if method not in ("mean", "invert"):
+            raise ValueError(f"unknown rewrite method {method!r} (use mean or invert)")
+        strength = rc.strength if strength is None else strength
+        lo, hi = next((lo, hi) for sec, key, lo, hi in RANGES if (sec, key) == ("rewrite", "strength"))
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+                or not lo <= strength <= hi:
+            raise ValueError(f"strength must be a number in [{lo:g}, {hi:g}], got {strength!r}")
+        if greedy is None:
+            greedy = rc.greedy and temperature is None and top_p is None
+        greedy, temperature, top_p, _ = check_decoding(greedy, temperature, top_p, None)
+        seed = check_int(seed, "seed", 0, 2**63 - 1)
+        originals = [texts] if isinstance(texts, str) else texts
+        read, notes = self._sources(texts)
+        given = [None] * len(read) if sentiments is None else list(sentiments)
+        if len(given) != len(read):
+            raise ValueError(f"sentiments: {len(given)} given for {len(read)} texts")
+        codes = self._codes(read)
+        own = read_sentiment(codes, self.class_means()).tolist()
+        src = [own[i] if s is None else parse_sentiment(s) for i, s in enumerate(given)]
+        dst = [1 - y if to.lower() == "flip" else SENTIMENTS.index(to.lower()) for y in src]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
+        moved = move(codes, src_t, dst_t, float(strength), method, self.generator, self.autoencoder.code_kind,
+                     self.class_means(), rc.invert_steps, g)
+        with torch.no_grad():
+            out = self._decode_codes(moved, dst_t, greedy, rc.temperature if temperature is None else temperature,
+                                     1.0 if top_p is None else top_p, g)
+        records = []
+        for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):
+            parts = [notes[i]] if notes[i] else []
+            if given[i] is None:
+                parts.append(f"the source's sentiment is the model's reading ({SENTIMENTS[src[i]]})")
+            if src[i] == dst[i]:
+                parts.append(f"already {SENTIMENTS[dst[i]]}: its code is decoded unmoved")
+            records.append(Rewrite(orig, text, SENTIMENTS[src[i]], SENTIMENTS[dst[i]], "; ".join(parts) or None,
+                                   fitted if notes[i] else None))
+        return records
+
+    def interpolate(self, a: str, b: str, steps: int = 5, greedy: bool | None = None, seed: int = 0) -> list[str]:
+        """Decode `steps` evenly spaced codes from review a's to review b's (along the sphere for
+        unit-length codes), ends included, decoded as rewrites are (the config's `rewrite` section,
+        unless greedy is given). A decoder that takes a sentiment gets the model's reading of the
+        nearer end."""
+        if self.is_lm:
+            raise ModelError("the LM baseline has no codes: interpolate needs a GAN model")
+        steps = check_int(steps, "steps", 2, MAX_STEPS)
+        greedy, *_ = check_decoding(greedy, None, None, None)
+        greedy = self.cfg.rewrite.greedy if greedy is None else greedy
+        read, _ = self._sources([a, b])
+        ends = self._codes(read)
+        codes = path_between(ends[0], ends[1], steps, self.autoencoder.code_kind)
+        labels = None
+        if self.decoder_takes_sentiment:
+            self._need_generator("interpolate with a sentiment-conditioned decoder")
+            y = read_sentiment(ends, self.class_means())
+            labels = torch.where(torch.linspace(0, 1, steps, device=self.device) < 0.5, y[0], y[1])
+        g = torch.Generator(device=self.device)
+        g.manual_seed(check_int(seed, "seed", 0, 2**63 - 1))
+        with torch.no_grad():
+            return self._decode_codes(codes, labels, greedy, self.cfg.rewrite.temperature, 1.0, g)

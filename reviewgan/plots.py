@@ -78,3 +78,29 @@ def quality_diversity(curves: dict[str, list[dict]], path: Path, quality: str = 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rewrite_trade(result: dict, path: Path) -> None:
+    """Transfer accuracy against content kept (BLEU-4 and MiniLM cosine to the source), one curve per
+    rewrite method, one point per strength, with the copy and fresh-review baselines."""
+    keys = [("source_bleu4", "BLEU-4 to the source"), ("source_cosine", "MiniLM cosine to the source")]
+    keys = [(k, label) for k, label in keys if all(r.get(k) is not None for r in result["rows"])]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        for method in dict.fromkeys(r["method"] for r in result["rows"]):
+            pts = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["strength"])
+            ax.plot([r[key] for r in pts], [r["transfer_acc"] for r in pts], "o-", label=method)
+            for r in pts:
+                ax.annotate(f"{r['strength']:g}" + ("*" if r["default"] else ""), (r[key], r["transfer_acc"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for (name, b), marker in zip(result["baselines"].items(), ("s", "^")):
+            if b.get(key) is not None:
+                ax.plot([b[key]], [b["transfer_acc"]], marker, color="gray", label=name)
+        ax.set_xlabel(f"{label} (content kept)")
+        ax.set_ylabel("transfer accuracy (judge reads the target)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("rewriting held-out reviews into the other sentiment (* = default strength)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

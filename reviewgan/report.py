@@ -111,3 +111,28 @@ def stats(cfg: Config, out: Path | None = None, log=print) -> dict:
         plots.length_histogram({"full reviews": raw, f"training units (<= {cfg.data.max_len})": units}, Path(out) / "lengths.png")
         (Path(out) / "stats.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+REWRITE_COLUMNS = [
+    ("transfer_acc", "transfer", "{:.3f}"), ("transfer_to_positive", "to +", "{:.3f}"),
+    ("transfer_to_negative", "to -", "{:.3f}"), ("source_bleu4", "BLEU-4 to source", "{:.3f}"),
+    ("source_cosine", "cosine to source", "{:.3f}"), ("identical_frac", "identical ↓", "{:.3f}"),
+    ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"), ("base_ppl", "base-LM PPL ↓", "{:.1f}"), ("mauve", "MAUVE", "{:.3f}"), ("self_bleu4", "Self-BLEU-4 ↓", "{:.3f}"),
+]
+
+
+def rewrite_table(result: dict) -> str:
+    """Markdown table of `evaluate --rewrite`: one row per (method, strength), then the baselines."""
+    head = "| rewrite | " + " | ".join(label for _, label, _ in REWRITE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(REWRITE_COLUMNS) + 1)]
+    named = [(f"{r['method']}, strength {r['strength']:g}" + (" (default)" if r["default"] else ""), r)
+             for r in result["rows"]] + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
+    for name, r in named:
+        lines.append(f"| {name} | " + " | ".join(_fmt([r.get(k)], f) for k, _, f in REWRITE_COLUMNS) + " |")
+    real = result.get("base_ppl_real")
+    lines.append("")
+    lines.append(f"{result['n']} held-out chunks, half of each sentiment, each flipped, {result['decoding']}. "
+                 "Base-LM perplexity of the "
+                 f"sources: {_fmt([real], '{:.1f}')}. The model's reading of the sources' sentiment: "
+                 f"{result['read_acc']:.3f} right (the judge's: {result['judge_acc_sources']:.3f}).")
+    return "\n".join(lines)

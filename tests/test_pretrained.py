@@ -235,3 +235,22 @@ def test_decoding_in_chunks_equals_one_batch(pretrained_dir, monkeypatch):
     whole = ae.generate(codes, 12, **kw)
     monkeypatch.setattr(P, "DECODE_ROWS", 3)
     assert ae.generate(codes, 12, **kw) == whole
+
+
+def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):
+    m = ReviewGAN.from_pretrained(pretrained_dir)
+    pos, neg = "The movie was wonderful!", "The film was awful."  # within the tiny model's 23 tokens
+    recs = m.rewrite([pos, neg], to="flip", sentiments=["positive", "negative"])
+    assert [(r.sentiment_from, r.to) for r in recs] == [("positive", "negative"), ("negative", "positive")]
+    assert [r.text for r in recs] == [r.text for r in m.rewrite([pos, neg], to="flip", sentiments=["positive", "negative"])]
+    # the moved code is the source's plus the generator's direction, back on the sphere
+    assert all(r.read is None for r in recs)
+    codes = m.encode([pos])
+    means, budget = m.class_means(), m.cfg.sample.max_len
+    expected = torch.nn.functional.normalize(codes - 1.5 * (means[1] - means[0]), dim=-1)
+    rewrite = m.rewrite(pos, to="negative", sentiments=["positive"], strength=1.5, greedy=True)[0].text
+    assert rewrite == m.decode(expected, max_len=budget)[0]
+    unmoved = m.rewrite(pos, to="negative", sentiments=["positive"], strength=0.0, greedy=True)[0].text
+    assert unmoved == m.decode(codes, max_len=budget)[0]
+    path = m.interpolate(pos, neg, steps=3, greedy=True)
+    assert len(path) == 3 and path[0] == unmoved and path[-1] == m.decode(m.encode(neg), max_len=budget)[0]

@@ -1,0 +1,132 @@
+"""Moving a review's code: rewrite it into the other sentiment, or walk from one review to another.
+
+A left-to-right language model can only continue text. A latent model has a code for every review,
+so it can take a person's own review, move its code and decode it again: the same topic, the
+other opinion. Two ways to move a code toward the target sentiment, both read off the conditional
+generator (stage 2), so the GAN does the conditioning:
+
+    mean    c' = c + strength * sign * d,        d = E_z[G(z, positive)] - E_z[G(z, negative)]
+            the generator's sentiment direction: the difference of its class means, estimated on
+            DIRECTION_DRAWS fixed noise draws (sign +1 toward positive, -1 toward negative)
+    invert  c' = c + strength * (G(z*, to) - G(z*, from)),   z* = argmin_z  1 - cos(G(z, from), c)
+            the noise whose code under the source's sentiment is nearest the source's code, found
+            by Adam; then the step the label makes at that very point. At strength 1 and an exact
+            inversion this is G(z*, to): the same noise, the other label.
+
+c' is then put back into the code space (unit length for l2 codes, clamped for tanh and sigmoid
+codes). strength 0 decodes the source's own code: a reconstruction. docs/RESULTS.md measures the
+trade between transfer and content kept, strength by strength, for both methods.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import split_sentences
+from .gan import Generator
+
+METHODS = ("mean", "invert")
+DIRECTION_DRAWS = 8192  # noise draws behind the class means: their standard error is ~1 % of |d|
+
+
+def into_space(codes: torch.Tensor, kind: str) -> torch.Tensor:
+    """Put moved codes back where the encoder's codes live (autoencoder.squash's ranges)."""
+    if kind == "l2":
+        return F.normalize(codes, dim=-1)
+    if kind == "tanh":
+        return codes.clamp(-1.0, 1.0)
+    if kind == "sigmoid":
+        return codes.clamp(0.0, 1.0)
+    return codes
+
+
+@torch.no_grad()
+def class_means(gen: Generator, draws: int = DIRECTION_DRAWS, seed: int = 0) -> torch.Tensor:
+    """-> (2, code_dim): the mean generated code of each sentiment (negative, positive), on the same
+    fixed noise draws for both, so their difference is the label's effect alone."""
+    dev = next(gen.parameters()).device
+    z = torch.randn(draws, gen.noise_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+    return torch.stack([gen(z, torch.full((draws,), y, dtype=torch.long, device=dev)).mean(0) for y in (0, 1)])
+
+
+def read_sentiment(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """The model's own reading of codes (B, C) -> labels (B,): the side of the midpoint between the
+    generator's class means that each code lies on, along their difference (a linear classifier
+    the GAN defines; its held-out accuracy is in docs/RESULTS.md)."""
+    d = means[1] - means[0]
+    return ((codes - means.mean(0)) @ d > 0).long()
+
+
+def invert(gen: Generator, codes: torch.Tensor, labels: torch.Tensor, steps: int = 200, lr: float = 0.05,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise z (B, noise_dim) whose G(z, labels) is nearest `codes` (B, C) by cosine, by Adam from a
+    draw of N(0, I) (seeded by `generator`). Each row's loss is its own: rows do not interact."""
+    dev = codes.device
+    z = torch.randn(codes.size(0), gen.noise_dim, generator=generator).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    was = [p.requires_grad for p in gen.parameters()]
+    gen.requires_grad_(False)  # only z is fitted
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = (1 - F.cosine_similarity(gen(z, labels), codes, dim=-1)).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    finally:
+        for p, r in zip(gen.parameters(), was):
+            p.requires_grad_(r)
+    return z.detach()
+
+
+@torch.no_grad()
+def move(codes: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor, strength: float, method: str,
+         gen: Generator, kind: str, means: torch.Tensor | None = None, steps: int = 200,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Codes (B, C) moved toward their target sentiments (B,) by `method` (see the module's docstring).
+    Rows whose target is their source's sentiment move by the same rule (mean: not at all; invert:
+    toward the generator's own code for it)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown rewrite method {method!r} (use {' or '.join(METHODS)})")
+    if method == "mean":
+        means = class_means(gen) if means is None else means
+        sign = (to_labels - from_labels).to(codes.dtype)[:, None]  # +1 toward positive, -1 toward negative, 0 stay
+        return into_space(codes + strength * sign * (means[1] - means[0]), kind)
+    z = invert(gen, codes, from_labels, steps, generator=generator)
+    return into_space(codes + strength * (gen(z, to_labels) - gen(z, from_labels)), kind)
+
+
+def path_between(a: torch.Tensor, b: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
+    """`steps` evenly spaced codes from a to b (C,), ends included -> (steps, C): along the great
+    circle for unit-length codes (slerp), along the line otherwise."""
+    t = torch.linspace(0, 1, steps, dtype=a.dtype, device=a.device)[:, None]
+    if kind == "l2":
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        omega = torch.arccos((a @ b).clamp(-1 + 1e-7, 1 - 1e-7))
+        if float(omega) > 1e-4:
+            return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    return (1 - t) * a + t * b
+
+
+def fit_length(text: str, count, limit: int) -> tuple[str, str | None]:
+    """Cleaned text cut to at most `limit` tokens (count(text) -> tokens) at a sentence boundary, or
+    at a word boundary when its first sentence alone is longer. -> (text, note or None)."""
+    if count(text) <= limit:
+        return text, None
+    sentences = split_sentences(text)
+    kept = ""
+    for s in sentences:
+        longer = f"{kept} {s}".strip()
+        if count(longer) > limit:
+            break
+        kept = longer
+    if kept:
+        n = len(split_sentences(kept))
+        return kept, f"cut to its first {n} of {len(sentences)} sentences (the model reads {limit} tokens)"
+    words = text.split()
+    lo, hi = 1, len(words)  # the most words of the first sentence that fit (count grows with words)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(" ".join(words[:mid])) <= limit else (lo, mid - 1)
+    return " ".join(words[:lo]), f"cut within its first sentence, after {lo} words (the model reads {limit} tokens)"

@@ -2,6 +2,8 @@
 
     POST /api/generate  {"sentiment": "positive", "n": 3, "temperature": 0.8, "top_p": 0.9, "seed": 1}
                      -> {"reviews": [{"sentiment", "text", "tokens", "ended"}, ...]}
+    POST /api/rewrite   {"text": "...", "to": "negative", "strength": 1.0, "sentiment": "positive", "seed": 0}
+                     -> {"source", "text", "from", "to"[, "note", "read"]}   (ReviewGAN.rewrite)
     GET  /api/health    GET /  (the page)    GET /openapi.json
 
 The model is loaded once. Requests that arrive while a batch is being decoded are decoded
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .checkpoint import ModelError
 from .model import Request as GenRequest
 from .model import ReviewGAN
 
@@ -48,6 +51,27 @@ class GenerateRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**62)
     greedy: bool | None = None
+
+
+class RewriteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(..., max_length=MAX_BODY)
+    to: Literal["positive", "negative", "flip"]
+    sentiment: Literal["positive", "negative"] | None = None  # the source's; flip reads it itself without
+    strength: float | None = Field(None, ge=0, le=10)
+    method: Literal["mean", "invert"] | None = None
+    temperature: float | None = Field(None, gt=0, le=5)
+    seed: int = Field(0, ge=0, le=2**62)
+
+
+class RewriteOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    source: str
+    text: str
+    from_: str = Field(..., alias="from")
+    to: str
+    note: str | None = None
+    read: str | None = None
 
 
 class ReviewOut(BaseModel):
@@ -71,6 +95,7 @@ class Batcher:
     def __init__(self, model: ReviewGAN, max_rows: int = 500):
         self.model, self.max_rows = model, max_rows
         self.batches = self.requests = 0  # counters, for /api/health and tests
+        self.lock = threading.Lock()  # one computation on the model at a time: batches and rewrites
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True, name="reviewgan-batcher")
         self.thread.start()
@@ -99,7 +124,8 @@ class Batcher:
             self.batches += 1
             self.requests += len(batch)
             try:
-                results = self.model.generate_batch([r for r, _ in batch])
+                with self.lock:
+                    results = self.model.generate_batch([r for r, _ in batch])
             except Exception as e:  # never let one bad batch kill the worker
                 for _, f in batch:
                     f.set_exception(e)
@@ -174,6 +200,21 @@ def create_app(model: ReviewGAN) -> FastAPI:
             return _error(422, str(e))
         reviews = await asyncio.wrap_future(batcher.submit(r))
         return {"reviews": [r.to_dict() for r in reviews]}
+
+    @app.post("/api/rewrite", response_model=RewriteOut, response_model_exclude_none=True, response_model_by_alias=True)
+    async def rewrite(req: RewriteRequest):
+        def run():
+            with batcher.lock:  # between batches: the model computes one thing at a time
+                return model.rewrite(req.text, to=req.to, strength=req.strength, method=req.method, seed=req.seed,
+                                     sentiments=[req.sentiment], temperature=req.temperature,
+                                     greedy=False if req.temperature is not None else None)[0]
+        try:
+            record = await asyncio.to_thread(run)
+        except ModelError as e:  # a model without a generator (the LM baseline)
+            return _error(409, str(e))
+        except ValueError as e:
+            return _error(422, str(e))
+        return record.to_dict()
 
     return app
 

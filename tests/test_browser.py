@@ -47,3 +47,29 @@ def test_generate_in_the_browser(server, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert len(again) == 4 and shown == [t.strip() for t in again]
+
+
+def test_rewrite_tab_in_the_browser(server):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server)
+        assert not page.is_visible("#rewrite-form")
+        page.click("#tab-rewrite")
+        assert page.is_visible("#rewrite-form") and not page.is_visible("#form")
+        page.fill("#source", "the movie was wonderful and i found the cast brilliant!")
+        page.click("label.pos:has(input[name=to])")
+        with page.expect_response("**/api/rewrite") as answer:
+            page.click("#rewrite")
+        data = answer.value.json()
+        page.wait_for_selector("#rewritten:not([hidden])", timeout=30_000)
+        assert data["to"] == "positive"
+        assert page.inner_text("#rewritten-text").strip() == data["text"].strip()
+        assert "→ positive" in page.inner_text("#rewritten-meta")
+        assert page.get_attribute("#rewritten", "class") == "positive"
+        # an empty review: the page shows the API's error and no stale rewrite
+        page.fill("#source", "")
+        page.click("#rewrite")
+        page.wait_for_function("document.querySelector('#rewrite-status').textContent.startsWith('Error')")
+        assert "empty" in page.inner_text("#rewrite-status") and not page.is_visible("#rewritten")
+        browser.close()

@@ -81,3 +81,25 @@ def test_requests_that_queue_up_share_one_decode(tiny_model_dir):
     assert [f.result(timeout=60) for f in futures] == alone  # batching changes nothing a request sees
     assert batcher.requests == 24 and batcher.batches < 24
     batcher.close()
+
+
+def test_rewrite_endpoint_and_its_validation(client):
+    body = {"text": "the movie was wonderful and the cast brilliant!", "to": "negative", "sentiment": "positive",
+            "seed": 1}
+    a = client.post("/api/rewrite", json=body)
+    assert a.status_code == 200, a.text
+    r = a.json()
+    assert set(r) == {"source", "text", "from", "to"} and r["from"] == "positive" and r["to"] == "negative"
+    assert client.post("/api/rewrite", json=body).json() == r  # same seed, same rewrite
+    flip = client.post("/api/rewrite", json={"text": body["text"], "to": "flip"}).json()
+    assert "model's reading" in flip["note"]
+    long = client.post("/api/rewrite", json={"text": " ".join(["the story was dull and slow."] * 12), "to": "positive"})
+    assert long.status_code == 200 and "sentences" in long.json()["note"] and "read" in long.json()
+    for bad_body, status in [({"text": "", "to": "negative"}, 422), ({"text": "<br />", "to": "negative"}, 422),
+                             ({"text": "fine", "to": "neutral"}, 422), ({"text": "fine"}, 422),
+                             ({"text": "fine", "to": "flip", "strength": 11}, 422),
+                             ({"text": "fine", "to": "flip", "seed": -1}, 422),
+                             ({"text": "fine", "to": "flip", "extra": 1}, 422),
+                             ({"text": 3, "to": "flip"}, 422), ({"text": "fine", "to": "flip", "temperature": 0}, 422)]:
+        res = client.post("/api/rewrite", json=bad_body)
+        assert res.status_code == status and "error" in res.json(), (bad_body, res.text)

@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--method", choices=["mean", "invert"], help="mean: add the generator's sentiment direction; "
                    "invert: fit the generator's noise to the code, then swap its label (default: the model's)")
     w.add_argument("--seed", type=int, default=0, help="random seed: same seed, same rewrites")
-    w.add_argument("--temperature", type=float, help="sampling temperature (default: the model's rewrite.temperature, 0.6)")
-    w.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    w.add_argument("--temperature", type=float, help="sampling temperature (default: the model's rewrite decoding, greedy)")
+    w.add_argument("--greedy", action="store_true", help="argmax decoding (the default unless the model sets rewrite.greedy=false)")
     w.add_argument("--format", choices=["text", "jsonl"], default="text",
                    help="text: one rewrite per line (notes on stderr); jsonl: {source, text, from, to[, note, read]}")
     w.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")

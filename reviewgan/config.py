@@ -120,8 +120,8 @@ class RewriteConfig:
     method: str = "mean"  # mean: add the generator's sentiment direction | invert: fit the generator's noise, swap its label
     strength: float = 0.25  # how far the code moves: 0 decodes the source's own code, more trades content for transfer
     invert_steps: int = 200  # Adam steps fitting the noise (method invert)
-    greedy: bool = False  # greedy rewrites repeat themselves (Self-BLEU-4 0.39 against 0.16 sampled, pretrained family)
-    temperature: float = 0.6  # sampling only
+    greedy: bool = True  # a blind reader found greedy rewrites more fluent and faithful than sampled ones at T=0.6
+    temperature: float = 0.6  # sampling only (greedy=false, or a temperature asked for)
 
 
 @dataclass

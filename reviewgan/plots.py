@@ -82,7 +82,8 @@ def quality_diversity(curves: dict[str, list[dict]], path: Path, quality: str = 
 
 def rewrite_trade(result: dict, path: Path) -> None:
     """Transfer accuracy against content kept (BLEU-4 and MiniLM cosine to the source), one curve per
-    rewrite method, one point per strength, with the copy and fresh-review baselines."""
+    rewrite method, one point per strength, with the copy and fresh-review baselines; dashed: the
+    targets (transfer 0.80, BLEU-4 0.20)."""
     keys = [("source_bleu4", "BLEU-4 to the source"), ("source_cosine", "MiniLM cosine to the source")]
     keys = [(k, label) for k, label in keys if all(r.get(k) is not None for r in result["rows"])]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
@@ -96,6 +97,9 @@ def rewrite_trade(result: dict, path: Path) -> None:
         for (name, b), marker in zip(result["baselines"].items(), ("s", "^")):
             if b.get(key) is not None:
                 ax.plot([b[key]], [b["transfer_acc"]], marker, color="gray", label=name)
+        ax.axhline(0.8, color="gray", lw=0.8, ls="--")  # the transfer target
+        if key == "source_bleu4":
+            ax.axvline(0.2, color="gray", lw=0.8, ls="--")  # the content target: targets met up and right
         ax.set_xlabel(f"{label} (content kept)")
         ax.set_ylabel("transfer accuracy (judge reads the target)")
         ax.grid(alpha=0.3)

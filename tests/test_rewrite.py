@@ -23,7 +23,8 @@ NEGATIVE = "the film was awful. i found the ending boring and painful!"
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REVIEWGAN_CACHE", str(tmp_path_factory.getbasetemp() / "rewritecache"))
+    # the evaluation tests' cache: the judge and yardstick LM of the tiny data are trained once
+    monkeypatch.setenv("REVIEWGAN_CACHE", str(tmp_path_factory.getbasetemp() / "evalcache"))
 
 
 @pytest.fixture(scope="module")
@@ -280,11 +281,11 @@ def test_cli_interpolate(capsys, tiny_model_dir):
 
 def test_evaluate_rewrite_table_baselines_and_plot(capsys, tiny_model_dir, tmp_path):
     code, out, _ = run(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--n", "40",
-                       "--strengths", "mean=0,2;invert=1", "--out", str(tmp_path), "--json")
+                       "--strengths", "mean=0;invert=1", "--out", str(tmp_path), "--json")
     assert code == 0
     r = json.loads(out)
     rows = {(x["method"], x["strength"]): x for x in r["rows"]}
-    assert set(rows) == {("mean", 0.0), ("mean", 0.25), ("mean", 2.0), ("invert", 1.0)}  # the default joins in
+    assert set(rows) == {("mean", 0.0), ("mean", 0.25), ("invert", 1.0)}  # the default joins in
     assert rows[("mean", 0.25)]["default"] and 10 < r["n"] <= 40  # as many of each sentiment as the test split has
     copy = r["baselines"]["copy the source"]
     assert copy["identical_frac"] == 1.0 and copy["source_bleu4"] == 1.0

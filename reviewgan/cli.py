@@ -102,9 +102,8 @@ def cmd_rewrite(args) -> int:
     if not texts:
         raise ValueError("no reviews to rewrite: give them as arguments or with --input FILE")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
-    greedy = True if args.greedy else (False if args.temperature is not None else None)
     records = model.rewrite(texts, to=args.to, strength=args.strength, sentiments=sentiments, method=args.method,
-                            seed=args.seed, greedy=greedy, temperature=args.temperature)
+                            seed=args.seed, greedy=True if args.greedy else None, temperature=args.temperature)
     for i, r in enumerate(records, 1):
         if args.format == "jsonl":
             print(json.dumps(r.to_dict()))
@@ -144,19 +143,22 @@ def cmd_stats(args) -> int:
 
 def parse_settings(text: str | None) -> dict | None:
     """--strengths "mean=0.5,1,2;invert=1" -> {"mean": (0.5, 1.0, 2.0), "invert": (1.0,)}."""
+    from .model import STRENGTH
+    from .rewrite import METHODS
     if text is None:
         return None
     out = {}
     for part in text.split(";"):
         method, _, values = part.partition("=")
-        if method.strip() not in ("mean", "invert") or not values.strip():
+        if method.strip() not in METHODS or not values.strip():
             raise ValueError(f"--strengths: {part!r} must look like mean=0.5,1 or invert=1")
         try:
             out[method.strip()] = tuple(float(v) for v in values.split(","))
         except ValueError:
             raise ValueError(f"--strengths: {values!r} must be numbers separated by commas") from None
-        if not all(0 <= v <= 10 for v in out[method.strip()]):
-            raise ValueError(f"--strengths: strengths must be in [0, 10], got {values!r}")
+        lo, hi = STRENGTH
+        if not all(lo <= v <= hi for v in out[method.strip()]):
+            raise ValueError(f"--strengths: strengths must be in [{lo:g}, {hi:g}], got {values!r}")
     return out
 
 

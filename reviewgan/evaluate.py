@@ -390,8 +390,8 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
         fresh.append(iter(model.generate(SENTIMENTS[y], n=k, seed=seed + y) if k else []))
     baselines = {"copy the source": measure(sources),
                  "fresh review of the target": measure([next(fresh[y]) for y in targets])}
-    sampled = not (rc.greedy and temperature is None) if greedy is None else not greedy
-    decoding = f"sampled at T={rc.temperature if temperature is None else temperature:g}" if sampled else "greedy"
+    greedy, temperature, _ = model.rewrite_decoding(greedy, temperature)  # what the rows were decoded with
+    decoding = "greedy" if greedy else f"sampled at T={temperature:g}"
     result = {"model": str(model.path), "n": len(sources), "seed": seed, "decoding": decoding,
               "rows": rows, "baselines": baselines,
               "read_acc": float(np.mean(np.array([SENTIMENTS.index(s) for s in model.read_sentiment(sources)])

@@ -23,7 +23,7 @@ from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
 from .pretrained import PretrainedAutoencoder
-from .rewrite import class_means, fit_length, move, path_between, read_sentiment
+from .rewrite import METHODS, class_means, fit_length, move, path_between, read_sentiment
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
@@ -90,6 +90,7 @@ def resolve_device(name: str) -> torch.device:
 # one-token distribution; above 100 it is uniform noise.
 _SAMPLE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "sample"}
 TEMPERATURE, TOP_P, MAX_TOKENS = _SAMPLE["temperature"], _SAMPLE["top_p"], _SAMPLE["max_len"][1]
+STRENGTH = next((lo, hi) for section, key, lo, hi in RANGES if (section, key) == ("rewrite", "strength"))
 
 
 def check_int(value, name: str, lo: int, hi: int) -> int:
@@ -101,18 +102,34 @@ def check_int(value, name: str, lo: int, hi: int) -> int:
     return value
 
 
+def check_number(value, name: str, lo: float, hi: float) -> float:
+    """A finite int or float (not a bool, not a string) in [lo, hi] -> float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def check_texts(texts, who: str) -> list[str]:
+    """One string, or a non-empty list or tuple of strings -> a list of them."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{who} takes a non-empty list of strings")
+    return list(texts)
+
+
 def check_decoding(greedy, temperature, top_p, max_len) -> tuple:
     """-> (greedy, temperature, top_p, max_len) validated; None stays None (the model's default)."""
     if greedy is not None and not isinstance(greedy, bool):
         raise ValueError(f"greedy must be True, False or None, got {greedy!r}")
-    for name, v, lo, hi in (("temperature", temperature, *TEMPERATURE), ("top_p", top_p, *TOP_P)):
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+    if temperature is not None:
+        temperature = check_number(temperature, "temperature", *TEMPERATURE)
+    if top_p is not None:
+        top_p = check_number(top_p, "top_p", *TOP_P)
     if max_len is not None:
         max_len = check_int(max_len, "max_len", 1, MAX_TOKENS)
-    return greedy, None if temperature is None else float(temperature), None if top_p is None else float(top_p), max_len
+    return greedy, temperature, top_p, max_len
 
 
 def parse_sentiment(sentiment) -> int:
@@ -308,13 +325,8 @@ class ReviewGAN:
         to max_len tokens like training data."""
         if self.is_lm:
             raise ModelError("the LM baseline has no autoencoder: encode/decode need a GAN model")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("encode takes a non-empty list of strings")
-        texts = [clean_text(t, self.cfg.data.lowercase) for t in texts]
-        with torch.no_grad():
-            return self.autoencoder.encode_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device)
+        texts = [clean_text(t, self.cfg.data.lowercase) for t in check_texts(texts, "encode")]
+        return self.autoencoder.encode_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device)
 
     def decode(self, codes, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                max_len: int | None = None, seed: int = 0, sentiment=None) -> list[str]:
@@ -348,12 +360,9 @@ class ReviewGAN:
 
     # ------------------------------------------------------------------ moving codes (rewrite.py)
 
-    def _sources(self, texts) -> tuple[list[str], list[str | None]]:
+    def _sources(self, texts, who: str) -> tuple[list[str], list[str | None]]:
         """Texts as given -> (cleaned texts cut to the model's length, a note for each cut one)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("texts must be a non-empty list of strings")
+        texts = check_texts(texts, who)
         if len(texts) > MAX_REWRITE:
             raise ValueError(f"at most {MAX_REWRITE} texts per call, got {len(texts)}")
         limit = self.cfg.data.max_len - 1  # the training length, [END] excluded
@@ -386,12 +395,20 @@ class ReviewGAN:
 
     def read_sentiment(self, texts) -> list[str]:
         """The model's own reading of texts: the side of the generator's two class means their codes lie on."""
-        read, _ = self._sources(texts)
+        read, _ = self._sources(texts, "read_sentiment")
         return [SENTIMENTS[int(y)] for y in read_sentiment(self._codes(read), self.class_means())]
 
     def _codes(self, read: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return self.autoencoder.encode_texts(read, self.tokenizer, self.cfg.data.max_len, self.device)
+        return self.autoencoder.encode_texts(read, self.tokenizer, self.cfg.data.max_len, self.device)
+
+    def rewrite_decoding(self, greedy=None, temperature=None, top_p=None) -> tuple[bool, float, float]:
+        """How rewrites and interpolations are decoded: the config's `rewrite` section, unless told
+        otherwise (a temperature or top_p asked for implies sampling). -> (greedy, temperature, top_p)."""
+        greedy, temperature, top_p, _ = check_decoding(greedy, temperature, top_p, None)
+        rc = self.cfg.rewrite
+        if greedy is None:
+            greedy = rc.greedy and temperature is None and top_p is None
+        return greedy, rc.temperature if temperature is None else temperature, 1.0 if top_p is None else top_p
 
     def _decode_codes(self, codes, labels, greedy, temperature, top_p, g) -> list[str]:
         max_len = self.cfg.sample.max_len or self.cfg.data.max_len
@@ -407,26 +424,21 @@ class ReviewGAN:
         to: positive, negative or flip (each into the other sentiment). sentiments: the sources' own
         sentiments, one per text (None for any the model should read itself, which the record's note
         says). strength, method: how far and how the code moves; decoding: the config's `rewrite`
-        section unless given (a temperature or top_p implies sampling). Same seed, same rewrites. A text longer than the model's length is cut at a sentence boundary (noted).
+        section unless given (rewrite_decoding). Same seed, same rewrites. A text longer than the model's
+        length is cut at a sentence boundary (noted).
         """
         self._need_generator("rewrite")
         if not isinstance(to, str) or to.lower() not in REWRITE_TARGETS:
             raise ValueError(f"unknown target {to!r} (use positive, negative or flip)")
         rc = self.cfg.rewrite
         method = rc.method if method is None else method
-        if method not in ("mean", "invert"):
-            raise ValueError(f"unknown rewrite method {method!r} (use mean or invert)")
-        strength = rc.strength if strength is None else strength
-        lo, hi = next((lo, hi) for sec, key, lo, hi in RANGES if (sec, key) == ("rewrite", "strength"))
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
-                or not lo <= strength <= hi:
-            raise ValueError(f"strength must be a number in [{lo:g}, {hi:g}], got {strength!r}")
-        if greedy is None:
-            greedy = rc.greedy and temperature is None and top_p is None
-        greedy, temperature, top_p, _ = check_decoding(greedy, temperature, top_p, None)
+        if method not in METHODS:
+            raise ValueError(f"unknown rewrite method {method!r} (use {' or '.join(METHODS)})")
+        strength = check_number(rc.strength if strength is None else strength, "strength", *STRENGTH)
+        decoding = self.rewrite_decoding(greedy, temperature, top_p)
         seed = check_int(seed, "seed", 0, 2**63 - 1)
+        read, notes = self._sources(texts, "rewrite")
         originals = [texts] if isinstance(texts, str) else texts
-        read, notes = self._sources(texts)
         given = [None] * len(read) if sentiments is None else list(sentiments)
         if len(given) != len(read):
             raise ValueError(f"sentiments: {len(given)} given for {len(read)} texts")
@@ -437,11 +449,9 @@ class ReviewGAN:
         g = torch.Generator(device=self.device)
         g.manual_seed(seed)
         src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
-        moved = move(codes, src_t, dst_t, float(strength), method, self.generator, self.autoencoder.code_kind,
+        moved = move(codes, src_t, dst_t, strength, method, self.generator, self.autoencoder.code_kind,
                      self.class_means(), rc.invert_steps, g)
-        with torch.no_grad():
-            out = self._decode_codes(moved, dst_t, greedy, rc.temperature if temperature is None else temperature,
-                                     1.0 if top_p is None else top_p, g)
+        out = self._decode_codes(moved, dst_t, *decoding, g)
         records = []
         for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):
             parts = [notes[i]] if notes[i] else []
@@ -461,9 +471,8 @@ class ReviewGAN:
         if self.is_lm:
             raise ModelError("the LM baseline has no codes: interpolate needs a GAN model")
         steps = check_int(steps, "steps", 2, MAX_STEPS)
-        greedy, *_ = check_decoding(greedy, None, None, None)
-        greedy = self.cfg.rewrite.greedy if greedy is None else greedy
-        read, _ = self._sources([a, b])
+        decoding = self.rewrite_decoding(greedy)
+        read, _ = self._sources([a, b], "interpolate")
         ends = self._codes(read)
         codes = path_between(ends[0], ends[1], steps, self.autoencoder.code_kind)
         labels = None
@@ -473,5 +482,4 @@ class ReviewGAN:
             labels = torch.where(torch.linspace(0, 1, steps, device=self.device) < 0.5, y[0], y[1])
         g = torch.Generator(device=self.device)
         g.manual_seed(check_int(seed, "seed", 0, 2**63 - 1))
-        with torch.no_grad():
-            return self._decode_codes(codes, labels, greedy, self.cfg.rewrite.temperature, 1.0, g)
+        return self._decode_codes(codes, labels, *decoding, g)

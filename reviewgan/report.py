@@ -117,7 +117,8 @@ REWRITE_COLUMNS = [
     ("transfer_acc", "transfer", "{:.3f}"), ("transfer_to_positive", "to +", "{:.3f}"),
     ("transfer_to_negative", "to -", "{:.3f}"), ("source_bleu4", "BLEU-4 to source", "{:.3f}"),
     ("source_cosine", "cosine to source", "{:.3f}"), ("identical_frac", "identical ↓", "{:.3f}"),
-    ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"), ("base_ppl", "base-LM PPL ↓", "{:.1f}"), ("mauve", "MAUVE", "{:.3f}"), ("self_bleu4", "Self-BLEU-4 ↓", "{:.3f}"),
+    ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"), ("base_ppl", "base-LM PPL ↓", "{:.1f}"), ("mauve", "MAUVE", "{:.3f}"),
+    ("self_bleu4", "Self-BLEU-4 ↓", "{:.3f}"),
 ]
 
 
@@ -132,7 +133,6 @@ def rewrite_table(result: dict) -> str:
     real = result.get("base_ppl_real")
     lines.append("")
     lines.append(f"{result['n']} held-out chunks, half of each sentiment, each flipped, {result['decoding']}. "
-                 "Base-LM perplexity of the "
-                 f"sources: {_fmt([real], '{:.1f}')}. The model's reading of the sources' sentiment: "
+                 f"Base-LM perplexity of the sources: {_fmt([real], '{:.1f}')}. The model's reading of the sources' sentiment: "
                  f"{result['read_acc']:.3f} right (the judge's: {result['judge_acc_sources']:.3f}).")
     return "\n".join(lines)

@@ -206,8 +206,7 @@ def create_app(model: ReviewGAN) -> FastAPI:
         def run():
             with batcher.lock:  # between batches: the model computes one thing at a time
                 return model.rewrite(req.text, to=req.to, strength=req.strength, method=req.method, seed=req.seed,
-                                     sentiments=[req.sentiment], temperature=req.temperature,
-                                     greedy=False if req.temperature is not None else None)[0]
+                                     sentiments=[req.sentiment], temperature=req.temperature)[0]
         try:
             record = await asyncio.to_thread(run)
         except ModelError as e:  # a model without a generator (the LM baseline)

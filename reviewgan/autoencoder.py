@@ -320,8 +320,9 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, code: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, labels=None, uniforms=None):
-        """Batched decoding from codes (B, C) [and sentiments (B,)]. Returns token lists (without [END]), ended flags."""
+                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None):
+        """Batched decoding from codes (B, C) [and sentiments (B,)]; `steer` as in decode_loop.
+        Returns token lists (without [END]), ended flags."""
         state = self.decoder.initial_state(code)
 
         def step(tok):
@@ -329,10 +330,12 @@ class Autoencoder(nn.Module):
             logits, state = self.decoder.step(tok, code, state, labels)
             return logits
 
-        return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator, uniforms)
+        return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator, uniforms,
+                           steer)
 
 
-def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top_p, generator=None, uniforms=None):
+def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top_p, generator=None, uniforms=None,
+                steer=None):
     """Autoregressive decoding shared by the autoencoder and the LM baseline.
 
     `step(tokens (B,)) -> logits (B, V)` advances the model one token. Stops as soon as every row
@@ -340,9 +343,12 @@ def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top
     `temperature` and `top_p` (floats or (B, 1) tensors) may differ per row, so requests with
     different settings share one batch. `uniforms` (B, max_len): the random numbers of each row's
     sampling, drawn up front; a row's text then depends on its own numbers only, not on the batch it
-    was decoded in. Without them, `generator` draws them step by step.
+    was decoded in. Without them, `generator` draws them step by step. `steer(logits, previous
+    tokens, rows)`, if given, adds to each step's float logits in place before the choice
+    (rewrite.SourceCopy); rows are the batch's row numbers.
     """
     tok = torch.full((batch,), START, dtype=torch.long, device=device)
+    rows_all = torch.arange(batch, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out = torch.full((batch, max_len), PAD, dtype=torch.long, device=device)
     all_greedy = greedy is True or (torch.is_tensor(greedy) and bool(greedy.all()))
@@ -350,6 +356,8 @@ def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top
         logits = step(tok).float()
         logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
         logits[:, START] = -float("inf")
+        if steer is not None:
+            steer(logits, tok, rows_all)
         if all_greedy:
             tok = logits.argmax(-1)
         else:

@@ -103,7 +103,8 @@ def cmd_rewrite(args) -> int:
         raise ValueError("no reviews to rewrite: give them as arguments or with --input FILE")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
     records = model.rewrite(texts, to=args.to, strength=args.strength, sentiments=sentiments, method=args.method,
-                            seed=args.seed, greedy=True if args.greedy else None, temperature=args.temperature)
+                            seed=args.seed, greedy=True if args.greedy else None, temperature=args.temperature,
+                            copy=args.copy)
     for i, r in enumerate(records, 1):
         if args.format == "jsonl":
             print(json.dumps(r.to_dict()))
@@ -162,6 +163,16 @@ def parse_settings(text: str | None) -> dict | None:
     return out
 
 
+def parse_copies(text: str | None) -> tuple[float, ...] | None:
+    """--copy "6,0" -> (6.0, 0.0); the range is checked by evaluate_rewrite."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--copy: {text!r} must be numbers separated by commas") from None
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, sweep
     from .model import ReviewGAN
@@ -176,7 +187,7 @@ def cmd_evaluate(args) -> int:
                              "--sweep or --samples")
         result = evaluate_rewrite(args.model, n=args.n, seed=args.seed, settings=parse_settings(args.strengths),
                                   out=args.out, log=lambda m: print(m, file=sys.stderr), temperature=args.temperature,
-                                  greedy=True if args.greedy else None)
+                                  greedy=True if args.greedy else None, copies=parse_copies(args.copy))
         print(json.dumps(result) if args.json else rewrite_table(result))
         return 0
     if args.sweep:
@@ -302,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--input", metavar="FILE", help="one review per line, or JSONL with text (and sentiment); - for stdin")
     w.add_argument("--model", help="model directory (default: the bundled pretrained model)")
     w.add_argument("--strength", type=float, help="how far the code moves (default: the model's rewrite.strength, "
-                   "1.5 for the bundled model): 0 decodes the source's own code, more trades content for sentiment")
+                   "2.5 for the bundled model): 0 decodes the source's own code, more trades content for sentiment")
+    w.add_argument("--copy", type=float, help="logit bonus for the source's next word after one of its words is "
+                   "written, which keeps its phrasing (default: the model's rewrite.copy, 6 for the bundled model; "
+                   "0: decode the moved code alone)")
     w.add_argument("--method", choices=["mean", "invert"], help="mean: add the generator's sentiment direction; "
                    "invert: fit the generator's noise to the code, then swap its label (default: the model's)")
     w.add_argument("--seed", type=int, default=0, help="random seed: same seed, same rewrites")
@@ -343,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(with --out: rewrite.json, rewrite.md, rewrite_trade.png)")
     e.add_argument("--strengths", help='with --rewrite: the settings to measure, e.g. "mean=0.5,1,2;invert=1" '
                    "(default: mean at 0.5-3, invert at 0.5-1.5, and the model's default)")
+    e.add_argument("--copy", metavar="BONUS[,BONUS...]", help='with --rewrite: measure every setting at each of '
+                   'these source-copy bonuses, e.g. "6,0" (default: the model\'s rewrite.copy; 0 decodes the moved '
+                   "codes alone)")
     e.add_argument("--sweep", action="store_true", help="temperature sweep: quality-diversity curve (needs --out)")
     e.add_argument("--sweep-models", nargs="*", help="further model directories drawn on the same sweep plot")
     e.set_defaults(func=cmd_evaluate)

@@ -119,6 +119,7 @@ class RewriteConfig:
     """The model's default rewriting into the other sentiment (`reviewgan rewrite`; rewrite.py)."""
     method: str = "mean"  # mean: add the generator's sentiment direction | invert: fit the generator's noise, swap its label
     strength: float = 0.25  # how far the code moves: 0 decodes the source's own code, more trades content for transfer
+    copy: float = 4.0  # logit bonus of the source's word after the one just written: keeps its phrasing (rewrite.SourceCopy; 0: off)
     invert_steps: int = 200  # Adam steps fitting the noise (method invert)
     greedy: bool = True  # a blind reader found greedy rewrites more fluent and faithful than sampled ones at T=0.6
     temperature: float = 0.6  # sampling only (greedy=false, or a temperature asked for)
@@ -203,7 +204,8 @@ RANGES = [
     ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
     ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
-    ("rewrite", "strength", 0.0, 10.0), ("rewrite", "invert_steps", 1, 10_000),
+    ("rewrite", "strength", 0.0, 10.0), ("rewrite", "copy", 0.0, 100.0),
+    ("rewrite", "invert_steps", 1, 10_000),
     ("rewrite", "temperature", 0.01, 100.0),
 ]
 CHOICES = [

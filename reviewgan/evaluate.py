@@ -27,7 +27,7 @@ from . import metrics as M
 from .autoencoder import evaluate_autoencoder
 from .config import Config, apply_overrides
 from .data import SENTIMENTS
-from .model import ModelError, Review, ReviewGAN, default_model_dir, load_spec
+from .model import COPY, ModelError, Review, ReviewGAN, check_number, default_model_dir, load_spec
 from .tokenizer import END, Tokenizer
 from .units import Data, Units, prepare_data
 
@@ -313,16 +313,18 @@ def sweep(model_dir, others: list, n: int = 1000, seed: int = 0, out=None, log=p
     return curves
 
 
-REWRITE_STRENGTHS = {"mean": (0.5, 1.0, 1.5, 2.0, 3.0), "invert": (0.5, 1.0, 1.5)}
+REWRITE_STRENGTHS = {"mean": (0.0, 1.0, 2.0, 3.0, 4.0), "invert": (1.5, 3.0)}
 
 
 def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | None = None, log=print,
                      embedder="auto", scorer="auto", out=None, temperature: float | None = None,
-                     greedy: bool | None = None) -> dict:
+                     greedy: bool | None = None, copies: tuple | None = None) -> dict:
     """Flip n held-out real chunks (half of each sentiment, from the test split the judge never saw)
     into the other sentiment, at each (method, strength) of `settings` (default REWRITE_STRENGTHS and
     the model's own default), and measure each set of rewrites beside two baselines: the source
-    copied unchanged, and a fresh review of the target sentiment from the generator.
+    copied unchanged, and a fresh review of the target sentiment from the generator. Every setting
+    is decoded with each source-copy bonus of `copies` (default: the model's rewrite.copy alone); the
+    model's default setting is also measured without the bonus, to show what it does.
 
     transfer_acc: the judge reads the target; source_bleu4: corpus BLEU-4 against the sources;
     source_cosine: MiniLM cosine to the source; identical_frac: rewrites equal to their source (up to
@@ -330,6 +332,8 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
     validation split. `temperature`, `greedy`: decode the rewrites so instead of by the model's
     `rewrite` defaults. `out`: write rewrite.json, rewrite.md and rewrite_trade.png there."""
     t0 = time.perf_counter()
+    if copies is not None:
+        copies = tuple(check_number(c, "copy", *COPY) for c in copies)
     model = ReviewGAN.from_pretrained(model_dir)
     model._need_generator("evaluate --rewrite")
     ys = yardsticks(model.cfg, model.tokenizer, log)
@@ -348,6 +352,10 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
     rc = model.cfg.rewrite
     settings = {m: tuple(s) for m, s in (settings or REWRITE_STRENGTHS).items()}
     settings[rc.method] = tuple(sorted(set(settings.get(rc.method, ())) | {rc.strength}))
+    copies = (rc.copy,) if copies is None else copies
+    runs = [(m, s, c) for c in copies for m, strengths in settings.items() for s in strengths]
+    if (rc.method, rc.strength, 0.0) not in runs:
+        runs.append((rc.method, rc.strength, 0.0))
 
     def measure(texts: list[str]) -> dict:
         pred = ys.judge.predict(texts)
@@ -370,20 +378,20 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
             row["base_ppl"] = scorer.perplexity([t for t in texts if t])
         return row
 
-    rows = []
-    for method, strengths in settings.items():
-        for s in strengths:
-            t1 = time.perf_counter()
-            recs = model.rewrite(sources, to="flip", strength=s, method=method, seed=seed,
-                                 sentiments=[SENTIMENTS[y] for y in labels], temperature=temperature, greedy=greedy)
-            row = {"method": method, "strength": s, "default": (method, s) == (rc.method, rc.strength),
-                   **measure([r.text for r in recs])}
-            row["seconds"] = round(time.perf_counter() - t1, 1)
-            rows.append(row)
-            log(f"{method} strength {s:g}: transfer {row['transfer_acc']:.3f}, source BLEU-4 "
-                f"{row['source_bleu4']:.3f}, identical {row['identical_frac']:.3f}")
-            if row["default"]:
-                examples = [r.to_dict() for r in recs]
+    rows, examples = [], []
+    for method, s, cp in runs:
+        t1 = time.perf_counter()
+        recs = model.rewrite(sources, to="flip", strength=s, method=method, seed=seed, copy=cp,
+                             sentiments=[SENTIMENTS[y] for y in labels], temperature=temperature, greedy=greedy)
+        row = {"method": method, "strength": s, "copy": cp,
+               "default": (method, s, cp) == (rc.method, rc.strength, rc.copy),
+               **measure([r.text for r in recs])}
+        row["seconds"] = round(time.perf_counter() - t1, 1)
+        rows.append(row)
+        log(f"{method} strength {s:g}, copy {cp:g}: transfer {row['transfer_acc']:.3f}, source BLEU-4 "
+            f"{row['source_bleu4']:.3f}, identical {row['identical_frac']:.3f}")
+        if row["default"] or not examples and (method, s) == (rc.method, rc.strength):
+            examples = [r.to_dict() for r in recs]
     fresh = []
     for y in (0, 1):  # a fresh review of each source's target sentiment, in the sources' order
         k = int(np.sum(targets == y))

@@ -23,7 +23,7 @@ from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
 from .pretrained import PretrainedAutoencoder
-from .rewrite import METHODS, class_means, fit_length, move, path_between, read_sentiment
+from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, read_sentiment
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
@@ -90,7 +90,8 @@ def resolve_device(name: str) -> torch.device:
 # one-token distribution; above 100 it is uniform noise.
 _SAMPLE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "sample"}
 TEMPERATURE, TOP_P, MAX_TOKENS = _SAMPLE["temperature"], _SAMPLE["top_p"], _SAMPLE["max_len"][1]
-STRENGTH = next((lo, hi) for section, key, lo, hi in RANGES if (section, key) == ("rewrite", "strength"))
+STRENGTH, COPY = (next((lo, hi) for section, key, lo, hi in RANGES if (section, key) == ("rewrite", k))
+                  for k in ("strength", "copy"))
 
 
 def check_int(value, name: str, lo: int, hi: int) -> int:
@@ -410,21 +411,23 @@ class ReviewGAN:
             greedy = rc.greedy and temperature is None and top_p is None
         return greedy, rc.temperature if temperature is None else temperature, 1.0 if top_p is None else top_p
 
-    def _decode_codes(self, codes, labels, greedy, temperature, top_p, g) -> list[str]:
+    def _decode_codes(self, codes, labels, greedy, temperature, top_p, g, steer=None) -> list[str]:
         max_len = self.cfg.sample.max_len or self.cfg.data.max_len
         rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g,
-                                                labels if self.decoder_takes_sentiment else None)
+                                                labels if self.decoder_takes_sentiment else None, steer=steer)
         return [self.tokenizer.decode(r) for r in rows]
 
     def rewrite(self, texts, to="flip", strength: float | None = None, sentiments=None, method: str | None = None,
                 seed: int = 0, greedy: bool | None = None, temperature: float | None = None,
-                top_p: float | None = None) -> list[Rewrite]:
+                top_p: float | None = None, copy: float | None = None) -> list[Rewrite]:
         """Rewrite reviews into a sentiment: encode each, move its code (rewrite.py), decode it.
 
         to: positive, negative or flip (each into the other sentiment). sentiments: the sources' own
         sentiments, one per text (None for any the model should read itself, which the record's note
-        says). strength, method: how far and how the code moves; decoding: the config's `rewrite`
-        section unless given (rewrite_decoding). Same seed, same rewrites. A text longer than the model's
+        says). strength, method: how far and how the code moves; copy: how strongly the decoder
+        is drawn to continue the source's runs of words (rewrite.SourceCopy; 0: the moved code decoded
+        alone); decoding: the config's `rewrite` section unless given (rewrite_decoding).
+        Same seed, same rewrites. A text longer than the model's
         length is cut at a sentence boundary (noted).
         """
         self._need_generator("rewrite")
@@ -435,6 +438,7 @@ class ReviewGAN:
         if method not in METHODS:
             raise ValueError(f"unknown rewrite method {method!r} (use {' or '.join(METHODS)})")
         strength = check_number(rc.strength if strength is None else strength, "strength", *STRENGTH)
+        copy = check_number(rc.copy if copy is None else copy, "copy", *COPY)
         decoding = self.rewrite_decoding(greedy, temperature, top_p)
         seed = check_int(seed, "seed", 0, 2**63 - 1)
         read, notes = self._sources(texts, "rewrite")
@@ -451,7 +455,12 @@ class ReviewGAN:
         src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
         moved = move(codes, src_t, dst_t, strength, method, self.generator, self.autoencoder.code_kind,
                      self.class_means(), rc.invert_steps, g)
-        out = self._decode_codes(moved, dst_t, *decoding, g)
+        steer = None
+        if copy:
+            tok = self.tokenizer  # special tokens are never copied: an unknown word is not worth writing
+            skip = {tok.pad_id, tok.start_id, tok.end_id, getattr(tok, "unk_id", None), *getattr(tok, "special_ids", ())}
+            steer = SourceCopy([[i for i in tok.encode(t) if i not in skip] for t in read], copy, self.device)
+        out = self._decode_codes(moved, dst_t, *decoding, g, steer)
         records = []
         for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):
             parts = [notes[i]] if notes[i] else []

@@ -80,17 +80,23 @@ def quality_diversity(curves: dict[str, list[dict]], path: Path, quality: str = 
     plt.close(fig)
 
 
+def copy_label(row: dict) -> str:
+    """How a rewrite row was decoded: with the source-copy bonus or without."""
+    return f"copy {row['copy']:g}" if row.get("copy") else "no copy"
+
+
 def rewrite_trade(result: dict, path: Path) -> None:
     """Transfer accuracy against content kept (BLEU-4 and MiniLM cosine to the source), one curve per
-    rewrite method, one point per strength, with the copy and fresh-review baselines; dashed: the
-    targets (transfer 0.80, BLEU-4 0.20)."""
+    rewrite method and source-copy setting, one point per strength, with the copy and fresh-review
+    baselines; dashed: the targets (transfer 0.80, BLEU-4 0.20)."""
     keys = [("source_bleu4", "BLEU-4 to the source"), ("source_cosine", "MiniLM cosine to the source")]
     keys = [(k, label) for k, label in keys if all(r.get(k) is not None for r in result["rows"])]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
-        for method in dict.fromkeys(r["method"] for r in result["rows"]):
-            pts = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["strength"])
-            ax.plot([r[key] for r in pts], [r["transfer_acc"] for r in pts], "o-", label=method)
+        for curve in dict.fromkeys(f"{r['method']}, {copy_label(r)}" for r in result["rows"]):
+            pts = sorted((r for r in result["rows"] if f"{r['method']}, {copy_label(r)}" == curve),
+                         key=lambda r: r["strength"])
+            ax.plot([r[key] for r in pts], [r["transfer_acc"] for r in pts], "o-", label=curve)
             for r in pts:
                 ax.annotate(f"{r['strength']:g}" + ("*" if r["default"] else ""), (r[key], r["transfer_acc"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")

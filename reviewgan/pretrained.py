@@ -164,26 +164,26 @@ class PretrainedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, labels=None, uniforms=None):
+                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None):
         """Batched decoding from codes (B, C) with a KV cache; each row stops at its EOS and leaves the
-        batch. Same per-row options and `uniforms` as autoencoder.decode_loop (a row's text depends on
+        batch. Same per-row options, `uniforms` and `steer` as autoencoder.decode_loop (a row's text depends on
         its own random numbers only). `labels` is ignored: this decoder takes no sentiment. Rows are
         decoded DECODE_ROWS at a time (with `generator` instead of `uniforms`, chunk after chunk).
         -> token lists without EOS, ended flags."""
         B = codes.size(0)
         if B <= DECODE_ROWS:
-            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms)
+            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms, steer)
         rows, ended = [], []
         for s in range(0, B, DECODE_ROWS):
             part = slice(s, s + DECODE_ROWS)
             pick = lambda x: x[part] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == B else x  # noqa: E731
             r, e = self._generate(codes[part], max_len, pick(greedy), pick(temperature), pick(top_p), generator,
-                                  pick(uniforms))
+                                  pick(uniforms), steer[part] if steer is not None else None)
             rows += r
             ended += e
         return rows, ended
 
-    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms):
+    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None):
         lm, tok, B = self.lm, self.tokenizer, codes.size(0)
         memory, offset = self.memory(codes)
         cache = lm.new_cache(B, self.cfg.memory_slots + max_len)
@@ -200,6 +200,8 @@ class PretrainedAutoencoder(nn.Module):
             h = lm.hidden(lm.embed(tokens[:, None]) + offset[active], start=t, cache=cache)
             logits = lm.logits(h[:, 0]).float()  # (b, V)
             logits[:, banned] = -float("inf")
+            if steer is not None:
+                steer(logits, tokens, active)
             tokens = logits.argmax(-1)
             sample = ~greedy_rows[active]
             if bool(sample.any()):

@@ -123,10 +123,10 @@ REWRITE_COLUMNS = [
 
 
 def rewrite_table(result: dict) -> str:
-    """Markdown table of `evaluate --rewrite`: one row per (method, strength), then the baselines."""
+    """Markdown table of `evaluate --rewrite`: one row per (method, strength, copy), then the baselines."""
     head = "| rewrite | " + " | ".join(label for _, label, _ in REWRITE_COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(REWRITE_COLUMNS) + 1)]
-    named = [(f"{r['method']}, strength {r['strength']:g}" + (" (default)" if r["default"] else ""), r)
+    named = [(f"{r['method']}, strength {r['strength']:g}, {plots.copy_label(r)}" + (" (default)" if r["default"] else ""), r)
              for r in result["rows"]] + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
     for name, r in named:
         lines.append(f"| {name} | " + " | ".join(_fmt([r.get(k)], f) for k, _, f in REWRITE_COLUMNS) + " |")

@@ -2,7 +2,8 @@
 
     POST /api/generate  {"sentiment": "positive", "n": 3, "temperature": 0.8, "top_p": 0.9, "seed": 1}
                      -> {"reviews": [{"sentiment", "text", "tokens", "ended"}, ...]}
-    POST /api/rewrite   {"text": "...", "to": "negative", "strength": 1.0, "sentiment": "positive", "seed": 0}
+    POST /api/rewrite   {"text": "...", "to": "negative", "strength": 2.5, "copy": 6.0, "sentiment": "positive",
+                         "seed": 0}
                      -> {"source", "text", "from", "to"[, "note", "read"]}   (ReviewGAN.rewrite)
     GET  /api/health    GET /  (the page)    GET /openapi.json
 
@@ -59,6 +60,7 @@ class RewriteRequest(BaseModel):
     to: Literal["positive", "negative", "flip"]
     sentiment: Literal["positive", "negative"] | None = None  # the source's; flip reads it itself without
     strength: float | None = Field(None, ge=0, le=10)
+    copy_bonus: float | None = Field(None, ge=0, le=100, alias="copy")  # "copy" would shadow BaseModel.copy
     method: Literal["mean", "invert"] | None = None
     temperature: float | None = Field(None, gt=0, le=5)
     seed: int = Field(0, ge=0, le=2**62)
@@ -206,7 +208,7 @@ def create_app(model: ReviewGAN) -> FastAPI:
         def run():
             with batcher.lock:  # between batches: the model computes one thing at a time
                 return model.rewrite(req.text, to=req.to, strength=req.strength, method=req.method, seed=req.seed,
-                                     sentiments=[req.sentiment], temperature=req.temperature)[0]
+                                     sentiments=[req.sentiment], temperature=req.temperature, copy=req.copy_bonus)[0]
         try:
             record = await asyncio.to_thread(run)
         except ModelError as e:  # a model without a generator (the LM baseline)

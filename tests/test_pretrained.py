@@ -12,6 +12,7 @@ pytest.importorskip("sentence_transformers", reason="the pretrained family's enc
 from reviewgan import ReviewGAN  # noqa: E402
 from reviewgan.checkpoint import ModelError  # noqa: E402
 from reviewgan.cli import main  # noqa: E402
+from reviewgan.rewrite import SourceCopy  # noqa: E402
 from reviewgan.train import train  # noqa: E402
 
 from .conftest import tiny_pretrained_config  # noqa: E402
@@ -233,8 +234,11 @@ def test_decoding_in_chunks_equals_one_batch(pretrained_dir, monkeypatch):
     kw = dict(greedy=torch.tensor([True, False] * 5), temperature=torch.linspace(0.5, 1.5, 10)[:, None],
               top_p=torch.full((10, 1), 0.9), uniforms=torch.rand(10, 12, generator=g))
     whole = ae.generate(codes, 12, **kw)
+    sources = [torch.randint(3, 200, (n,), generator=g).tolist() for n in range(2, 12)]
+    copied = ae.generate(codes, 12, **kw, steer=SourceCopy(sources, 4.0))  # the source-copy bias, sliced too
     monkeypatch.setattr(P, "DECODE_ROWS", 3)
     assert ae.generate(codes, 12, **kw) == whole
+    assert ae.generate(codes, 12, **kw, steer=SourceCopy(sources, 4.0)) == copied
 
 
 def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):
@@ -248,9 +252,10 @@ def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):
     codes = m.encode([pos])
     means, budget = m.class_means(), m.cfg.sample.max_len
     expected = torch.nn.functional.normalize(codes - 1.5 * (means[1] - means[0]), dim=-1)
-    rewrite = m.rewrite(pos, to="negative", sentiments=["positive"], strength=1.5, greedy=True)[0].text
+    plain = dict(greedy=True, copy=0)  # no source-copy bias: the moved code decoded alone
+    rewrite = m.rewrite(pos, to="negative", sentiments=["positive"], strength=1.5, **plain)[0].text
     assert rewrite == m.decode(expected, max_len=budget)[0]
-    unmoved = m.rewrite(pos, to="negative", sentiments=["positive"], strength=0.0, greedy=True)[0].text
+    unmoved = m.rewrite(pos, to="negative", sentiments=["positive"], strength=0.0, **plain)[0].text
     assert unmoved == m.decode(codes, max_len=budget)[0]
     path = m.interpolate(pos, neg, steps=3, greedy=True)
     assert len(path) == 3 and path[0] == unmoved and path[-1] == m.decode(m.encode(neg), max_len=budget)[0]

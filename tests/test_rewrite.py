@@ -130,6 +130,49 @@ def test_corpus_bleu_against_a_hand_count():
         corpus_bleu(["a"], [])
 
 
+def test_source_copy_matches_its_reference_row_by_row():
+    g = torch.Generator().manual_seed(0)
+    V, bonus = 8, 2.5
+    sources = [torch.randint(4, V, (n,), generator=g).tolist() for n in (5, 9, 1, 0, 6)]  # repeats; an empty one
+    copy = R.SourceCopy(sources, bonus)
+    written = [[] for _ in sources]
+    active, previous = torch.arange(len(sources)), torch.full((len(sources),), 2)  # the start token: never a source's
+    for step in range(12):
+        logits = torch.randn(len(active), V, generator=g)
+        before = logits.clone()
+        copy(logits, previous, active)
+        for k, row in enumerate(active.tolist()):
+            assert torch.allclose(logits[k] - before[k], torch.tensor(R.copy_bonus(sources[row], written[row], V, bonus)))
+        tokens = logits.argmax(-1)  # often the source's next word, now and then another
+        for k, row in enumerate(active.tolist()):
+            written[row].append(int(tokens[k]))
+        if step in (3, 7):  # a row ends and leaves the batch, as in decoding
+            keep = torch.arange(len(active)) != 1
+            active, tokens = active[keep], tokens[keep]
+        previous = tokens
+    # 6 follows the 5 that was written; the 7 after the other 5 is pushed too, the 5 itself is not
+    assert R.copy_bonus([5, 6, 5, 7], [4, 5], 8, 1.0) == [0, 0, 0, 0, 0, 0, 1.0, 1.0]
+    assert R.copy_bonus([5, 6, 5, 7], [5, 6, 5], 8, 1.0) == [0] * 7 + [1.0]  # 6 is used up: only the 7 is left
+    assert R.copy_bonus([5, 6], [], 8, 1.0) == [0.0] * 8  # nothing written yet: nothing to continue
+
+
+def test_a_large_copy_bonus_continues_the_source_word_by_word(model):
+    text = "the ending was boring and painful!"
+    ids = [i for i in model.tokenizer.encode(text) if i > 3]  # no special tokens, as rewrite copies them
+    assert len(ids) >= 4 and len(set(ids)) == len(ids)  # each word once: a run has one way to go on
+    copy = R.SourceCopy([ids], 1000.0)
+
+    def steer(logits, previous, rows):
+        if bool((previous == model.tokenizer.start_id).all()):
+            logits[:, ids[0]] += 1e9  # begin with the source's first word: the bonus must write the rest
+        copy(logits, previous, rows)
+
+    rows, _ = model.autoencoder.generate(model.encode(text), len(ids) + 2, True, 1.0, 1.0, None, steer=steer)
+    assert rows[0][:len(ids)] == ids
+    plain = model.rewrite(text, to="negative", sentiments=["negative"], copy=0)[0].text
+    assert plain == model.decode(model.encode(text))[0]  # no bonus: the code decoded alone
+
+
 # ---------------------------------------------------------------------------------------------- Python API
 
 def test_rewrite_records_and_seed(model):
@@ -155,7 +198,7 @@ def test_flip_without_sentiment_uses_and_says_the_models_reading(model):
 
 
 def test_strength_zero_decodes_the_sources_own_code(model):
-    rec = model.rewrite(NEGATIVE, to="positive", sentiments=["negative"], strength=0.0, greedy=True)[0]
+    rec = model.rewrite(NEGATIVE, to="positive", sentiments=["negative"], strength=0.0, greedy=True, copy=0)[0]
     assert rec.text == model.decode(model.encode(NEGATIVE))[0]
 
 
@@ -173,6 +216,8 @@ def test_a_long_review_is_cut_at_a_sentence_and_says_so(model):
     (dict(texts=[]), "non-empty list"), (dict(texts=[POSITIVE, 3]), "list of strings"),
     (dict(texts=POSITIVE, to="neutral"), "unknown target"), (dict(texts=POSITIVE, strength=-1), "strength"),
     (dict(texts=POSITIVE, strength=float("nan")), "strength"), (dict(texts=POSITIVE, method="sideways"), "method"),
+    (dict(texts=POSITIVE, copy=-1), "copy"), (dict(texts=POSITIVE, copy=float("inf")), "copy"),
+    (dict(texts=POSITIVE, copy="2"), "copy"),
     (dict(texts=[POSITIVE, NEGATIVE], sentiments=["positive"]), "1 given for 2"),
     (dict(texts=POSITIVE, sentiments=["neutral"]), "unknown sentiment"), (dict(texts=POSITIVE, seed=-1), "seed"),
 ])
@@ -202,7 +247,7 @@ def test_interpolate_walks_from_one_review_to_the_other(model):
 def test_a_sentiment_conditioned_decoder_gets_the_target(labelled_model):
     m = labelled_model
     assert m.decoder_takes_sentiment
-    rec = m.rewrite(NEGATIVE, to="positive", sentiments=["negative"], strength=0.0, greedy=True)[0]
+    rec = m.rewrite(NEGATIVE, to="positive", sentiments=["negative"], strength=0.0, greedy=True, copy=0)[0]
     # strength 0 leaves the code: what changes is the decoder's sentiment input, set to the target
     assert rec.text == m.decode(m.encode(NEGATIVE), sentiment="positive")[0]
     texts = m.interpolate(POSITIVE, NEGATIVE, steps=3, greedy=True)
@@ -269,6 +314,7 @@ def test_cli_rewrite_bad_input(capsys, tiny_model_dir, tmp_path):
     bad(capsys, "rewrite", "--model", m, "--to", "flip", "--input", str(tmp_path / "nope.txt"), match="nope.txt")
     bad(capsys, "rewrite", "--model", m, "--to", "sideways", POSITIVE, match="invalid choice")
     bad(capsys, "rewrite", "--model", m, "--to", "flip", "--strength", "11", POSITIVE, match="strength")
+    bad(capsys, "rewrite", "--model", m, "--to", "flip", "--copy", "-1", POSITIVE, match="copy must be")
 
 
 def test_cli_interpolate(capsys, tiny_model_dir):
@@ -284,9 +330,11 @@ def test_evaluate_rewrite_table_baselines_and_plot(capsys, tiny_model_dir, tmp_p
                        "--strengths", "mean=0;invert=1", "--out", str(tmp_path), "--json")
     assert code == 0
     r = json.loads(out)
-    rows = {(x["method"], x["strength"]): x for x in r["rows"]}
-    assert set(rows) == {("mean", 0.0), ("mean", 0.25), ("invert", 1.0)}  # the default joins in
-    assert rows[("mean", 0.25)]["default"] and 10 < r["n"] <= 40  # as many of each sentiment as the test split has
+    rows = {(x["method"], x["strength"], x["copy"]): x for x in r["rows"]}
+    # the default joins in, and is measured again without the source-copy bias
+    assert set(rows) == {("mean", 0.0, 4.0), ("mean", 0.25, 4.0), ("invert", 1.0, 4.0), ("mean", 0.25, 0.0)}
+    assert rows[("mean", 0.25, 4.0)]["default"] and not rows[("mean", 0.25, 0.0)]["default"]
+    assert 10 < r["n"] <= 40  # as many of each sentiment as the test split has
     copy = r["baselines"]["copy the source"]
     assert copy["identical_frac"] == 1.0 and copy["source_bleu4"] == 1.0
     # copying keeps the source's sentiment: its transfer is the judge's error rate on the sources
@@ -296,8 +344,17 @@ def test_evaluate_rewrite_table_baselines_and_plot(capsys, tiny_model_dir, tmp_p
         assert 0 <= x["transfer_acc"] <= 1 and 0 <= x["source_bleu4"] <= 1
     assert (tmp_path / "rewrite_trade.png").stat().st_size > 5000
     table = (tmp_path / "rewrite.md").read_text()
-    assert "baseline: copy the source" in table and "mean, strength 0.25 (default)" in table
+    assert "baseline: copy the source" in table and "mean, strength 0.25, copy 4 (default)" in table
+    assert "mean, strength 0.25, no copy |" in table
+    code, out, _ = run(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--n", "20",
+                       "--strengths", "mean=1", "--copy", "0,2", "--json")
+    assert code == 0
+    # each setting at each bonus asked for, the default strength among them
+    assert {(x["strength"], x["copy"]) for x in json.loads(out)["rows"]} == {(1.0, 0.0), (1.0, 2.0), (0.25, 2.0),
+                                                                            (0.25, 0.0)}
     bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--strengths", "up=1", match="--strengths")
+    bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--copy", "-2", match="copy must be")
+    bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--copy", "six", match="--copy")
 
 
 def test_export_sets_the_rewrite_defaults_and_nothing_trained(capsys, tiny_model_dir, tmp_path):

@@ -91,6 +91,8 @@ def test_rewrite_endpoint_and_its_validation(client):
     r = a.json()
     assert set(r) == {"source", "text", "from", "to"} and r["from"] == "positive" and r["to"] == "negative"
     assert client.post("/api/rewrite", json=body).json() == r  # same seed, same rewrite
+    plain = client.post("/api/rewrite", json={**body, "copy": 0.0})
+    assert plain.status_code == 200 and plain.json()["to"] == "negative"
     flip = client.post("/api/rewrite", json={"text": body["text"], "to": "flip"}).json()
     assert "model's reading" in flip["note"]
     long = client.post("/api/rewrite", json={"text": " ".join(["the story was dull and slow."] * 12), "to": "positive"})
@@ -98,6 +100,8 @@ def test_rewrite_endpoint_and_its_validation(client):
     for bad_body, status in [({"text": "", "to": "negative"}, 422), ({"text": "<br />", "to": "negative"}, 422),
                              ({"text": "fine", "to": "neutral"}, 422), ({"text": "fine"}, 422),
                              ({"text": "fine", "to": "flip", "strength": 11}, 422),
+                             ({"text": "fine", "to": "flip", "copy": -1}, 422),
+                             ({"text": "fine", "to": "flip", "copy": "4"}, 422),
                              ({"text": "fine", "to": "flip", "seed": -1}, 422),
                              ({"text": "fine", "to": "flip", "extra": 1}, 422),
                              ({"text": 3, "to": "flip"}, 422), ({"text": "fine", "to": "flip", "temperature": 0}, 422)]:

@@ -50,9 +50,10 @@ def cmd_generate(args) -> int:
     if not 1 <= args.n <= MAX_GENERATE:
         raise ValueError(f"-n must be between 1 and {MAX_GENERATE}, got {args.n}")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
-    if args.noise_scale is not None:  # range-checked like every config value
+    sets = [f"sample.{k}={v!r}" for k, v in (("noise_scale", args.noise_scale), ("push", args.push)) if v is not None]
+    if sets:  # range-checked like every config value
         from .config import apply_overrides
-        model.cfg = apply_overrides(model.cfg, [f"sample.noise_scale={args.noise_scale!r}"])
+        model.cfg = apply_overrides(model.cfg, sets)
     sentiments = ["positive", "negative"] if args.sentiment == "both" else [args.sentiment]
     greedy = True if args.greedy else (False if args.temperature is not None or args.top_p is not None else None)
     for k, sentiment in enumerate(sentiments):
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (implies sampling)")
     g.add_argument("--noise-scale", type=float, help="sd of the generator's noise (default: the model's "
                    "sample.noise_scale, 1.0): below 1, more typical codes, clearer sentiment, less variety")
+    g.add_argument("--push", type=float, help="move each generated code this far along the generator's sentiment "
+                   "direction toward its sentiment (default: the model's sample.push): clearer sentiment, less variety")
     g.add_argument("--greedy", action="store_true", help="argmax decoding, as in the paper")
     g.add_argument("--max-len", type=int, help="maximum tokens per review (default: the model's max_len)")
     g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")

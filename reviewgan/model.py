@@ -23,7 +23,7 @@ from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator
 from .lm import ConditionalLM
 from .pretrained import PretrainedAutoencoder
-from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, read_sentiment
+from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment
 from .tokenizer import Tokenizer
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
@@ -302,6 +302,8 @@ class ReviewGAN:
             ids, ended = self.autoencoder.generate(labels, max_len, **kw)
         else:
             codes = self.generator(torch.cat(z), labels)
+            if self.cfg.sample.push:
+                codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
             ids, ended = self.autoencoder.generate(codes, max_len, labels=1 - labels if swap else labels, **kw)
         out, i = [], 0
         for r, b in zip(requests, counts):

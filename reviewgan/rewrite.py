@@ -97,6 +97,15 @@ def move(codes: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor
     return into_space(codes + strength * (gen(z, to_labels) - gen(z, from_labels)), kind)
 
 
+def push(codes: torch.Tensor, labels: torch.Tensor, strength: float, means: torch.Tensor, kind: str) -> torch.Tensor:
+    """Generated codes (B, C) moved `strength` along the generator's sentiment direction toward their
+    own labels (B,), back in the code space: `mean`'s move with the other sentiment as the source.
+    Decoding blurs a code's sentiment (a reconstruction reads as its source's label less often than
+    the source does), so a generated code can start a little further out than the generator puts it."""
+    sign = (2 * labels - 1).to(codes.dtype)[:, None]  # +1 positive, -1 negative
+    return into_space(codes + strength * sign * (means[1] - means[0]), kind)
+
+
 def path_between(a: torch.Tensor, b: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
     """`steps` evenly spaced codes from a to b (C,), ends included -> (steps, C): along the great
     circle for unit-length codes (slerp), along the line otherwise."""

@@ -355,3 +355,15 @@ def test_cli_noise_scale_is_range_checked_and_used(tiny_model_dir, capsys):
                      "--greedy"]) == 0
         outs.append(capsys.readouterr().out.splitlines())
     assert len(set(outs[1])) < len(set(outs[0]))  # nearly noise-free codes: nearly one review
+
+
+def test_cli_push_is_range_checked_and_used(tiny_model_dir, capsys):
+    for bad in ("nan", "-1", "11"):
+        assert main(["generate", "--model", str(tiny_model_dir), "--push", bad, "-n", "1"]) == 2
+        assert "push" in one_error_line(capsys)
+    outs = []
+    for push in ("0", "3"):
+        assert main(["generate", "--model", str(tiny_model_dir), "--push", push, "-n", "8", "--seed", "0",
+                     "--greedy"]) == 0
+        outs.append(capsys.readouterr().out.splitlines())
+    assert outs[0] != outs[1]

@@ -173,6 +173,22 @@ def test_a_large_copy_bonus_continues_the_source_word_by_word(model):
     assert plain == model.decode(model.encode(text))[0]  # no bonus: the code decoded alone
 
 
+def test_push_moves_generated_codes_toward_their_own_label(tiny_model_dir):
+    from reviewgan.config import apply_overrides
+    m = ReviewGAN.from_pretrained(tiny_model_dir)
+    budget = m.cfg.sample.max_len or m.cfg.data.max_len
+    plain = m.generate("negative", n=4, seed=3, greedy=True)
+    m.cfg = apply_overrides(m.cfg, ["sample.push=2.0"])
+    pushed = m.generate("negative", n=4, seed=3, greedy=True)
+    # the same noise as generate draws it, the generator's codes moved by hand, decoded greedily
+    z = torch.randn(4, m.cfg.gan.noise_dim, generator=torch.Generator().manual_seed(3))
+    labels = torch.zeros(4, dtype=torch.long)
+    means = m.class_means()
+    codes = R.into_space(m.generator(z, labels) - 2.0 * (means[1] - means[0]), m.autoencoder.code_kind)
+    assert pushed == m.decode(codes, max_len=budget) and pushed != plain
+    assert torch.allclose(R.push(codes, 1 - labels, 0.0, means, "none"), codes)  # 0: no move
+
+
 # ---------------------------------------------------------------------------------------------- Python API
 
 def test_rewrite_records_and_seed(model):

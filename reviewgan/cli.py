@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a reviewgan model already in --out")
     x.add_argument("--keep-critic", action="store_true", help="also ship the critic (not needed to generate)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.KEY=VALUE",
-                   help="default decoding of the release, e.g. --set sample.temperature=0.8 --set rewrite.strength=1.5")
+                   help="default decoding of the release, e.g. --set sample.temperature=0.8 --set rewrite.strength=2.5")
     x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("stats", help="length statistics of a dataset and the length histogram (paper Figure 6)")

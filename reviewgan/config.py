@@ -119,7 +119,7 @@ class SampleConfig:
 class RewriteConfig:
     """The model's default rewriting into the other sentiment (`reviewgan rewrite`; rewrite.py)."""
     method: str = "mean"  # mean: add the generator's sentiment direction | invert: fit the generator's noise, swap its label
-    strength: float = 0.25  # how far the code moves: 0 decodes the source's own code, more trades content for transfer
+    strength: float = 0.4  # how far the code moves: 0 decodes the source's own code, more trades content for transfer
     copy: float = 4.0  # logit bonus of the source's word after the one just written: keeps its phrasing (rewrite.SourceCopy; 0: off)
     invert_steps: int = 200  # Adam steps fitting the noise (method invert)
     greedy: bool = True  # a blind reader found greedy rewrites more fluent and faithful than sampled ones at T=0.6

@@ -348,8 +348,8 @@ def test_evaluate_rewrite_table_baselines_and_plot(capsys, tiny_model_dir, tmp_p
     r = json.loads(out)
     rows = {(x["method"], x["strength"], x["copy"]): x for x in r["rows"]}
     # the default joins in, and is measured again without the source-copy bias
-    assert set(rows) == {("mean", 0.0, 4.0), ("mean", 0.25, 4.0), ("invert", 1.0, 4.0), ("mean", 0.25, 0.0)}
-    assert rows[("mean", 0.25, 4.0)]["default"] and not rows[("mean", 0.25, 0.0)]["default"]
+    assert set(rows) == {("mean", 0.0, 4.0), ("mean", 0.4, 4.0), ("invert", 1.0, 4.0), ("mean", 0.4, 0.0)}
+    assert rows[("mean", 0.4, 4.0)]["default"] and not rows[("mean", 0.4, 0.0)]["default"]
     assert 10 < r["n"] <= 40  # as many of each sentiment as the test split has
     copy = r["baselines"]["copy the source"]
     assert copy["identical_frac"] == 1.0 and copy["source_bleu4"] == 1.0
@@ -360,14 +360,14 @@ def test_evaluate_rewrite_table_baselines_and_plot(capsys, tiny_model_dir, tmp_p
         assert 0 <= x["transfer_acc"] <= 1 and 0 <= x["source_bleu4"] <= 1
     assert (tmp_path / "rewrite_trade.png").stat().st_size > 5000
     table = (tmp_path / "rewrite.md").read_text()
-    assert "baseline: copy the source" in table and "mean, strength 0.25, copy 4 (default)" in table
-    assert "mean, strength 0.25, no copy |" in table
+    assert "baseline: copy the source" in table and "mean, strength 0.4, copy 4 (default)" in table
+    assert "mean, strength 0.4, no copy |" in table
     code, out, _ = run(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--n", "20",
                        "--strengths", "mean=1", "--copy", "0,2", "--json")
     assert code == 0
     # each setting at each bonus asked for, the default strength among them
-    assert {(x["strength"], x["copy"]) for x in json.loads(out)["rows"]} == {(1.0, 0.0), (1.0, 2.0), (0.25, 2.0),
-                                                                            (0.25, 0.0)}
+    assert {(x["strength"], x["copy"]) for x in json.loads(out)["rows"]} == {(1.0, 0.0), (1.0, 2.0), (0.4, 2.0),
+                                                                            (0.4, 0.0)}
     bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--strengths", "up=1", match="--strengths")
     bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--copy", "-2", match="copy must be")
     bad(capsys, "evaluate", "--model", str(tiny_model_dir), "--rewrite", "--copy", "six", match="--copy")

@@ -167,8 +167,8 @@ class SourceCopy:
     `bonus` added to its logit, so a run of the source's words, once begun, tends to go on in the
     source's order. The decoder still picks every word; the code decides the opinion, and a far
     enough sentiment move outweighs the bias. Each occurrence in the source is used up once written,
-    so a copied run is not pushed twice. (A bonus for every source word, wherever it falls, raised
-    BLEU further but broke sentences: docs/RESULTS.md.)
+    so a copied run is not pushed twice. (A bonus for every source word, wherever it falls, raises
+    BLEU further but breaks sentences: docs/RESULTS.md.)
 
     sources: token ids of each row's source (B lists). Sliced by rows (copy[rows]) for decoding a
     batch in parts."""

@@ -90,8 +90,8 @@ def resolve_device(name: str) -> torch.device:
 # one-token distribution; above 100 it is uniform noise.
 _SAMPLE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "sample"}
 TEMPERATURE, TOP_P, MAX_TOKENS = _SAMPLE["temperature"], _SAMPLE["top_p"], _SAMPLE["max_len"][1]
-STRENGTH, COPY = (next((lo, hi) for section, key, lo, hi in RANGES if (section, key) == ("rewrite", k))
-                  for k in ("strength", "copy"))
+_REWRITE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "rewrite"}
+STRENGTH, COPY = _REWRITE["strength"], _REWRITE["copy"]
 
 
 def check_int(value, name: str, lo: int, hi: int) -> int:
@@ -428,9 +428,8 @@ class ReviewGAN:
         sentiments, one per text (None for any the model should read itself, which the record's note
         says). strength, method: how far and how the code moves; copy: how strongly the decoder
         is drawn to continue the source's runs of words (rewrite.SourceCopy; 0: the moved code decoded
-        alone); decoding: the config's `rewrite` section unless given (rewrite_decoding).
-        Same seed, same rewrites. A text longer than the model's
-        length is cut at a sentence boundary (noted).
+        alone); decoding: the config's `rewrite` section unless given (rewrite_decoding). Same seed,
+        same rewrites. A text longer than the model's length is cut at a sentence boundary (noted).
         """
         self._need_generator("rewrite")
         if not isinstance(to, str) or to.lower() not in REWRITE_TARGETS:

@@ -91,10 +91,16 @@ def move(codes: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor
         raise ValueError(f"unknown rewrite method {method!r} (use {' or '.join(METHODS)})")
     if method == "mean":
         means = class_means(gen) if means is None else means
-        sign = (to_labels - from_labels).to(codes.dtype)[:, None]  # +1 toward positive, -1 toward negative, 0 stay
-        return into_space(codes + strength * sign * (means[1] - means[0]), kind)
+        return along_direction(codes, to_labels - from_labels, strength, means, kind)  # +1, -1, or 0: stay
     z = invert(gen, codes, from_labels, steps, generator=generator)
     return into_space(codes + strength * (gen(z, to_labels) - gen(z, from_labels)), kind)
+
+
+def along_direction(codes: torch.Tensor, sign: torch.Tensor, strength: float, means: torch.Tensor,
+                    kind: str) -> torch.Tensor:
+    """codes (B, C) + strength * sign (B,) * the generator's sentiment direction (means[1] - means[0]),
+    back in the code space: sign +1 moves a code toward positive, -1 toward negative."""
+    return into_space(codes + strength * sign.to(codes.dtype)[:, None] * (means[1] - means[0]), kind)
 
 
 def push(codes: torch.Tensor, labels: torch.Tensor, strength: float, means: torch.Tensor, kind: str) -> torch.Tensor:
@@ -102,8 +108,7 @@ def push(codes: torch.Tensor, labels: torch.Tensor, strength: float, means: torc
     own labels (B,), back in the code space: `mean`'s move with the other sentiment as the source.
     Decoding blurs a code's sentiment (a reconstruction reads as its source's label less often than
     the source does), so a generated code can start a little further out than the generator puts it."""
-    sign = (2 * labels - 1).to(codes.dtype)[:, None]  # +1 positive, -1 negative
-    return into_space(codes + strength * sign * (means[1] - means[0]), kind)
+    return along_direction(codes, 2 * labels - 1, strength, means, kind)
 
 
 def path_between(a: torch.Tensor, b: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
@@ -198,5 +203,5 @@ class SourceCopy:
         self.unused[rows] = unused
         after = torch.zeros_like(match)
         after[:, 1:] = match[:, :-1]  # the source's words right after an occurrence of it
-        add = torch.zeros_like(logits).scatter_reduce_(1, ids, (after & unused).float() * self.bonus, "amax")
-        logits += add  # amax: a word that follows in two places gets the bonus once
+        boosted = logits.gather(1, ids) + (after & unused).to(logits.dtype) * self.bonus
+        logits.scatter_reduce_(1, ids, boosted, "amax")  # amax: a word that follows in two places gets it once

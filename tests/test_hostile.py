@@ -345,25 +345,18 @@ def torch_std(z) -> float:
     return float(z.std())
 
 
-def test_cli_noise_scale_is_range_checked_and_used(tiny_model_dir, capsys):
-    for bad in ("nan", "0", "1e9"):
-        assert main(["generate", "--model", str(tiny_model_dir), "--noise-scale", bad, "-n", "1"]) == 2
-        assert "noise_scale" in one_error_line(capsys)
+@pytest.mark.parametrize("flag, key, bad_values, values, differ", [
+    ("--noise-scale", "noise_scale", ("nan", "0", "1e9"), ("1.0", "0.01"),
+     lambda a, b: len(set(b)) < len(set(a))),  # nearly noise-free codes: nearly one review
+    ("--push", "push", ("nan", "-1", "11"), ("0", "3"), lambda a, b: a != b),
+])
+def test_cli_generation_options_are_range_checked_and_used(tiny_model_dir, capsys, flag, key, bad_values, values,
+                                                          differ):
+    for bad in bad_values:
+        assert main(["generate", "--model", str(tiny_model_dir), flag, bad, "-n", "1"]) == 2
+        assert key in one_error_line(capsys)
     outs = []
-    for scale in ("1.0", "0.01"):
-        assert main(["generate", "--model", str(tiny_model_dir), "--noise-scale", scale, "-n", "8", "--seed", "0",
-                     "--greedy"]) == 0
+    for v in values:
+        assert main(["generate", "--model", str(tiny_model_dir), flag, v, "-n", "8", "--seed", "0", "--greedy"]) == 0
         outs.append(capsys.readouterr().out.splitlines())
-    assert len(set(outs[1])) < len(set(outs[0]))  # nearly noise-free codes: nearly one review
-
-
-def test_cli_push_is_range_checked_and_used(tiny_model_dir, capsys):
-    for bad in ("nan", "-1", "11"):
-        assert main(["generate", "--model", str(tiny_model_dir), "--push", bad, "-n", "1"]) == 2
-        assert "push" in one_error_line(capsys)
-    outs = []
-    for push in ("0", "3"):
-        assert main(["generate", "--model", str(tiny_model_dir), "--push", push, "-n", "8", "--seed", "0",
-                     "--greedy"]) == 0
-        outs.append(capsys.readouterr().out.splitlines())
-    assert outs[0] != outs[1]
+    assert differ(*outs)

@@ -259,8 +259,11 @@ class Llama(nn.Module):
             cache.advance(x.size(1))
         return self.norm(x)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final states (..., D) -> next-token logits (..., V), through the tied output layer."""
+    def logits(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Final states (..., D) -> next-token logits (..., V), through the tied output layer; into
+        `out` (rows, V) of the model's dtype when given (h then (rows, D))."""
+        if out is not None:
+            return torch.mm(h.to(self.dtype), self.embed_tokens.weight.t(), out=out)
         return F.linear(h.to(self.dtype), self.embed_tokens.weight)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:

@@ -14,6 +14,7 @@ generation, serving and evaluation do not branch on the family.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -34,6 +35,26 @@ CODE_DIM = 384  # all-MiniLM-L6-v2
 # Rows decoded at once. The KV cache holds 30 layers x 2 x 192 values per token and row: 1,000 rows
 # of 49 positions take ~1.1 GB in bf16, 256 rows ~290 MB, and 256 rows still fill the matmuls.
 DECODE_ROWS = 256
+# oneDNN keeps up to 1,024 compiled matmul kernels by default, one per shape. Decoding makes new
+# shapes whenever rows finish, so that cache fills with kernels used a few times and holds ~300 MB
+# of the generation peak (docs/PERFORMANCE.md). One decoding step uses 7 shapes; 32 is room enough
+# and decodes as fast. oneDNN reads the limit once, at its first kernel, so it is set where a model
+# is loaded for generation (ReviewGAN.from_pretrained), and never over a value the user set.
+GENERATION_KERNEL_CACHE = 32
+
+
+def limit_kernel_cache(capacity: int = GENERATION_KERNEL_CACHE) -> None:
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+    Between decoding chunks, the freed cache and logits of the last chunk lie in the heap in pieces
+    that the next chunk's allocations do not fill exactly."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class CodeMemory(nn.Module):
@@ -181,6 +202,7 @@ class PretrainedAutoencoder(nn.Module):
                                   pick(uniforms), steer[part] if steer is not None else None)
             rows += r
             ended += e
+            release_free_memory()
         return rows, ended
 
     def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None):
@@ -196,9 +218,14 @@ class PretrainedAutoencoder(nn.Module):
         tokens = torch.full((B,), tok.start_id, dtype=torch.long, device=codes.device)
         out = torch.full((B, max_len), tok.end_id, dtype=torch.long, device=codes.device)
         ended = torch.zeros(B, dtype=torch.bool, device=codes.device)
+        # The step's logits go into buffers allocated once, as the cache's keys do: a fresh (rows, V)
+        # pair each step, of a new size whenever rows finish, fragments the heap (docs/PERFORMANCE.md).
+        V = lm.shape.vocab_size
+        low, full = (torch.empty(B, V, dtype=d, device=codes.device) for d in (lm.dtype, torch.float32))
         for t in range(max_len):
             h = lm.hidden(lm.embed(tokens[:, None]) + offset[active], start=t, cache=cache)
-            logits = lm.logits(h[:, 0]).float()  # (b, V)
+            b = active.numel()
+            logits = full[:b].copy_(lm.logits(h[:, 0], out=low[:b]))  # (b, V), float32
             logits[:, banned] = -float("inf")
             if steer is not None:
                 steer(logits, tokens, active)

@@ -45,6 +45,17 @@ def test_kv_cache_and_memory_compute_the_full_pass():
     assert torch.allclose(full[[0, 2], 4:], m.logits(last), atol=1e-5)
 
 
+def test_logits_written_into_a_buffer_are_the_same():
+    # decoding writes each step's logits into the first rows of a buffer allocated once
+    _, m = tiny_pair()
+    h = torch.randn(3, 32)
+    buf = torch.full((5, 100), float("nan"))
+    with torch.no_grad():
+        got = m.logits(h, out=buf[:3])
+        assert torch.equal(got, m.logits(h)) and got.data_ptr() == buf.data_ptr()
+        assert torch.isnan(buf[3:]).all()  # rows past the batch untouched
+
+
 def test_lora_starts_at_the_base_trains_only_itself_and_merges_exactly():
     _, m = tiny_pair()
     ids = torch.randint(0, 100, (2, 6))

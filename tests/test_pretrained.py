@@ -2,6 +2,7 @@
 the model folder, generation with a KV cache, loading, and refusing the wrong base."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -73,9 +74,9 @@ def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
     def score(h):  # a fixed random direction of the hidden state
         return h.float() @ direction
 
-    def spy(h):
+    def spy(h, out=None):
         seen.append(score(h).flatten())
-        return logits_of(h)
+        return logits_of(h, out=out)
 
     ae.lm.logits = spy
     ae.generate(codes, 12, greedy=True)
@@ -87,10 +88,10 @@ def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
     i = lo + int(torch.argmax(v[lo + 1:hi + 1] - v[lo:hi]))
     threshold = float(v[i] + v[i + 1]) / 2
 
-    def ends_sometimes(h):
-        out = logits_of(h).float()
-        out[..., eos] += 1e4 * (score(h) < threshold).float()
-        return out
+    def ends_sometimes(h, out=None):
+        logits = logits_of(h, out=out).float()
+        logits[..., eos] += 1e4 * (score(h) < threshold).float()
+        return logits
 
     ae.lm.logits = ends_sometimes
     rows, ended = ae.generate(codes, 12, greedy=True)
@@ -239,6 +240,17 @@ def test_decoding_in_chunks_equals_one_batch(pretrained_dir, monkeypatch):
     monkeypatch.setattr(P, "DECODE_ROWS", 3)
     assert ae.generate(codes, 12, **kw) == whole
     assert ae.generate(codes, 12, **kw, steer=SourceCopy(sources, 4.0)) == copied
+
+
+def test_loading_for_generation_limits_the_kernel_cache_unless_set(pretrained_dir, monkeypatch):
+    import reviewgan.pretrained as P
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    ReviewGAN.from_pretrained(pretrained_dir)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(P.GENERATION_KERNEL_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "500")  # the user's own setting wins
+    ReviewGAN.from_pretrained(pretrained_dir)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "500"
+    P.release_free_memory()  # a no-op where the C library has no malloc_trim
 
 
 def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):

@@ -49,9 +49,11 @@ def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check
         t0 = time.perf_counter()
         lat, errors, answers = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
         wall = time.perf_counter() - t0
+        health = httpx.get(f"{url}/api/health", timeout=10).json()
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
-           "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall}
+           "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall,
+           "requests_per_batch": health["requests"] / max(health["batches"], 1)}
     if check_alone:  # the same seeded requests, each decoded alone
         k = min(check_alone, requests)
         alone = [model.generate(("positive", "negative")[i % 2], n=n, seed=i) for i in range(k)]

@@ -42,6 +42,7 @@ from .model import ReviewGAN
 
 MAX_BODY = 16 * 1024  # bytes: a generate request is a few dozen
 BODY_TIMEOUT = 10.0  # seconds a client may take to send its body
+GATHER_S = 0.05  # seconds the batcher waits for more requests after the first (Batcher)
 
 
 class GenerateRequest(BaseModel):
@@ -90,12 +91,15 @@ class GenerateResponse(BaseModel):
 class Batcher:
     """One worker thread decodes queued requests together, up to `max_rows` reviews per batch.
 
-    No request waits for company: the worker takes whatever has queued up while the previous batch
-    was decoding, so a lone request is decoded at once and a burst shares one decode.
+    The worker takes whatever has queued up while the previous batch was decoding, and then waits up
+    to `gather_s` for more. Without the wait, the clients answered by one batch send their next
+    requests a few milliseconds apart, the first of them is decoded alone, and the rest wait for it:
+    batches alternate between a few requests and many, and each request waits for two decodes
+    (docs/PERFORMANCE.md). A lone request pays the wait once, against a decode of a second or more.
     """
 
-    def __init__(self, model: ReviewGAN, max_rows: int = 500):
-        self.model, self.max_rows = model, max_rows
+    def __init__(self, model: ReviewGAN, max_rows: int = 500, gather_s: float = GATHER_S):
+        self.model, self.max_rows, self.gather_s = model, max_rows, gather_s
         self.batches = self.requests = 0  # counters, for /api/health and tests
         self.lock = threading.Lock()  # one computation on the model at a time: batches and rewrites
         self.queue: queue.Queue = queue.Queue()
@@ -113,9 +117,10 @@ class Batcher:
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
             batch, rows = [item], item[0].n
+            until = time.monotonic() + self.gather_s
             while rows < self.max_rows:
                 try:
-                    nxt = self.queue.get_nowait()
+                    nxt = self.queue.get(timeout=max(until - time.monotonic(), 1e-4))
                 except queue.Empty:
                     break
                 if nxt is None:

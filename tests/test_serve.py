@@ -83,6 +83,21 @@ def test_requests_that_queue_up_share_one_decode(tiny_model_dir):
     batcher.close()
 
 
+def test_requests_a_moment_apart_are_gathered_into_one_batch(tiny_model_dir):
+    import time
+
+    from reviewgan.serve import Batcher
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    for gather_s, batches in ((0.0, 2), (1.0, 1)):  # the second request comes 0.2 s after the first
+        batcher = Batcher(model, gather_s=gather_s)
+        first = batcher.submit(model.request("positive", n=2, seed=1))
+        time.sleep(0.2)
+        second = batcher.submit(model.request("negative", n=2, seed=2))
+        assert first.result(timeout=60) and second.result(timeout=60)
+        assert batcher.batches == batches
+        batcher.close()
+
+
 def test_rewrite_endpoint_and_its_validation(client):
     body = {"text": "the movie was wonderful and the cast brilliant!", "to": "negative", "sentiment": "positive",
             "seed": 1}

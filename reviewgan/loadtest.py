@@ -17,9 +17,10 @@ import time
 
 import httpx
 import numpy as np
+import torch
 
 from .model import ReviewGAN
-from .serve import running_server
+from .serve import load_for_serving_threads, running_server
 
 
 async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list[float], int, dict]:
@@ -44,12 +45,16 @@ async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list
 
 
 def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check_alone: int = 0) -> dict:
-    model = ReviewGAN.from_pretrained(model_dir)
-    with running_server(model) as url:
-        t0 = time.perf_counter()
-        lat, errors, answers = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
-        wall = time.perf_counter() - t0
-        health = httpx.get(f"{url}/api/health", timeout=10).json()
+    threads = load_for_serving_threads()  # as `reviewgan serve` loads it
+    try:
+        model = ReviewGAN.from_pretrained(model_dir)
+        with running_server(model, threads) as url:
+            t0 = time.perf_counter()
+            lat, errors, answers = asyncio.run(_load(f"{url}/api/generate", requests, concurrency, n))
+            wall = time.perf_counter() - t0
+            health = httpx.get(f"{url}/api/health", timeout=10).json()
+    finally:
+        torch.set_num_threads(threads)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
            "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall,

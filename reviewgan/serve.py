@@ -26,8 +26,9 @@ import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
-from typing import Literal
+from typing import Any, Callable, Literal
 
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,64 +90,97 @@ class GenerateResponse(BaseModel):
 
 
 class Batcher:
-    """One worker thread decodes queued requests together, up to `max_rows` reviews per batch.
+    """One worker thread does all of the model's work: it decodes queued requests together, up to
+    `max_rows` reviews per batch, and runs other jobs (rewrites) between batches.
 
     The worker takes whatever has queued up while the previous batch was decoding, and then waits up
     to `gather_s` for more. Without the wait, the clients answered by one batch send their next
     requests a few milliseconds apart, the first of them is decoded alone, and the rest wait for it:
     batches alternate between a few requests and many, and each request waits for two decodes
     (docs/PERFORMANCE.md). A lone request pays the wait once, against a decode of a second or more.
+
+    threads: the worker's intra-op threads. OpenMP gives each thread that computes its own team of
+    threads; with a second team in the process (the main thread's, from loading the model) there
+    are more threads than cores, OpenMP stops spinning between the thousands of small kernels of a
+    decoding step, and the worker decodes ~1.7x slower. `serve` therefore loads the model with one
+    thread, so the main thread's team has no workers, and gives the worker the machine's threads.
     """
 
-    def __init__(self, model: ReviewGAN, max_rows: int = 500, gather_s: float = GATHER_S):
-        self.model, self.max_rows, self.gather_s = model, max_rows, gather_s
+    def __init__(self, model: ReviewGAN, max_rows: int = 500, gather_s: float = GATHER_S, threads: int | None = None):
+        self.model, self.max_rows, self.gather_s, self.threads = model, max_rows, gather_s, threads
         self.batches = self.requests = 0  # counters, for /api/health and tests
-        self.lock = threading.Lock()  # one computation on the model at a time: batches and rewrites
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True, name="reviewgan-batcher")
         self.thread.start()
 
     def submit(self, req: GenRequest) -> Future:
+        """Queue a generation request: -> a future of its reviews."""
         fut: Future = Future()
         self.queue.put((req, fut))
+        return fut
+
+    def call(self, job: Callable[[], Any]) -> Future:
+        """Run job() on the worker, between batches: -> a future of its result."""
+        fut: Future = Future()
+        self.queue.put((job, fut))
         return fut
 
     def close(self) -> None:
         self.queue.put(None)
 
     def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            batch, rows = [item], item[0].n
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        held = _NOTHING  # what ended the gathering of a batch (a job, or closing): next after it
+        while True:
+            item = self.queue.get() if held is _NOTHING else held
+            held = _NOTHING
+            if item is None:
+                return
+            job, fut = item
+            if callable(job):
+                _settle([fut], lambda: [job()])
+                continue
+            batch, rows = [item], job.n
             until = time.monotonic() + self.gather_s
             while rows < self.max_rows:
                 try:
                     nxt = self.queue.get(timeout=max(until - time.monotonic(), 1e-4))
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self.queue.put(None)  # close after this batch
+                if nxt is None or callable(nxt[0]):
+                    held = nxt
                     break
                 batch.append(nxt)
                 rows += nxt[0].n
             self.batches += 1
             self.requests += len(batch)
-            try:
-                with self.lock:
-                    results = self.model.generate_batch([r for r, _ in batch])
-            except Exception as e:  # never let one bad batch kill the worker
-                for _, f in batch:
-                    f.set_exception(e)
-                continue
-            for (_, f), res in zip(batch, results):
-                f.set_result(res)
+            _settle([f for _, f in batch], lambda: self.model.generate_batch([r for r, _ in batch]))
+
+
+_NOTHING = object()
+
+
+def _settle(futures: list[Future], compute: Callable[[], list]) -> None:
+    """Set each future to its part of compute(), or all of them to its exception: a bad batch or
+    job never kills the worker."""
+    try:
+        results = compute()
+    except Exception as e:
+        for f in futures:
+            f.set_exception(e)
+        return
+    for f, res in zip(futures, results):
+        f.set_result(res)
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def create_app(model: ReviewGAN) -> FastAPI:
-    batcher = Batcher(model)
+def create_app(model: ReviewGAN, threads: int | None = None) -> FastAPI:
+    """The app; `threads`: the batcher's intra-op threads (Batcher)."""
+    batcher = Batcher(model, threads=threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -210,12 +244,11 @@ def create_app(model: ReviewGAN) -> FastAPI:
 
     @app.post("/api/rewrite", response_model=RewriteOut, response_model_exclude_none=True, response_model_by_alias=True)
     async def rewrite(req: RewriteRequest):
-        def run():
-            with batcher.lock:  # between batches: the model computes one thing at a time
-                return model.rewrite(req.text, to=req.to, strength=req.strength, method=req.method, seed=req.seed,
-                                     sentiments=[req.sentiment], temperature=req.temperature, copy=req.copy_bonus)[0]
+        def run():  # on the batcher's worker, between batches: the model computes one thing at a time
+            return model.rewrite(req.text, to=req.to, strength=req.strength, method=req.method, seed=req.seed,
+                                 sentiments=[req.sentiment], temperature=req.temperature, copy=req.copy_bonus)[0]
         try:
-            record = await asyncio.to_thread(run)
+            record = await asyncio.wrap_future(batcher.call(run))
         except ModelError as e:  # a model without a generator (the LM baseline)
             return _error(409, str(e))
         except ValueError as e:
@@ -232,10 +265,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model: ReviewGAN):
+def running_server(model: ReviewGAN, threads: int | None = None):
     """Serve `model` on a free loopback port in a background thread; yields the base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(model, threads), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
@@ -256,5 +289,14 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8000) -> None:
             s.bind((host, port))
         except OSError as e:
             raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    threads = load_for_serving_threads()
     model = ReviewGAN.from_pretrained(model_dir)
-    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model, threads), host=host, port=port, log_level="info")
+
+
+def load_for_serving_threads() -> int:
+    """Before loading a model to serve: leave the main thread one intra-op thread (its OpenMP team
+    then has no workers; Batcher says why) -> the threads the batcher should use."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return threads

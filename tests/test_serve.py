@@ -98,6 +98,23 @@ def test_requests_a_moment_apart_are_gathered_into_one_batch(tiny_model_dir):
         batcher.close()
 
 
+def test_jobs_run_on_the_batchers_worker_with_its_threads(tiny_model_dir):
+    import threading
+
+    import torch
+
+    from reviewgan.serve import Batcher
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    batcher = Batcher(model, threads=1)
+    where = batcher.call(lambda: (threading.current_thread().name, torch.get_num_threads()))
+    reviews = batcher.submit(model.request("positive", n=2, seed=1))
+    assert where.result(timeout=60) == ("reviewgan-batcher", 1) and len(reviews.result(timeout=60)) == 2
+    with pytest.raises(ValueError, match="bad job"):  # a job's error reaches its caller, and the worker goes on
+        batcher.call(lambda: (_ for _ in ()).throw(ValueError("bad job"))).result(timeout=60)
+    assert batcher.submit(model.request("negative", n=1, seed=2)).result(timeout=60)
+    batcher.close()
+
+
 def test_rewrite_endpoint_and_its_validation(client):
     body = {"text": "the movie was wonderful and the cast brilliant!", "to": "negative", "sentiment": "positive",
             "seed": 1}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import resource
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from .config import Config, apply_overrides, load_preset
 from .tokenizer import END
 from .units import Units, iterate_batches, pad_batch
 from .gan import Critic, Generator, ResidualMLP, critic_loss, generator_loss
+from .pretrained import KERNEL_CACHE_VARS, kernel_cache_capped_here
 
 # --------------------------------------------------------------------------- helpers
 
@@ -342,7 +344,9 @@ def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu"
 # --------------------------------------------------------------------------- memory (fresh processes)
 
 
-def _peak_rss_child(kind: str, cfg_dict: dict, q, model_dir=None) -> None:
+def _peak_rss_child(kind: str, cfg_dict: dict, q, model_dir=None, uncap: bool = False) -> None:
+    if uncap:  # the parent capped oneDNN's kernel cache for generation; training runs with the default
+        os.environ.pop(KERNEL_CACHE_VARS[0], None)
     cfg = Config.from_dict(cfg_dict)
     if kind not in ("train", "generate"):
         raise ValueError(f"unknown memory measurement {kind!r}")
@@ -373,7 +377,9 @@ def _peak_rss_mib() -> float:
 def peak_rss_mb(kind: str, cfg: Config, model_dir=None) -> float:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_rss_child, args=(kind, cfg.to_dict(), q, None if model_dir is None else str(model_dir)))
+    uncap = kind == "train" and kernel_cache_capped_here()
+    p = ctx.Process(target=_peak_rss_child,
+                    args=(kind, cfg.to_dict(), q, None if model_dir is None else str(model_dir), uncap))
     p.start()
     p.join(timeout=600)  # the child sends one number, so it can exit before the queue is read
     if p.is_alive():

@@ -43,8 +43,20 @@ DECODE_ROWS = 256
 GENERATION_KERNEL_CACHE = 32
 
 
+KERNEL_CACHE_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")  # oneDNN reads both names
+_capped_here = False
+
+
 def limit_kernel_cache(capacity: int = GENERATION_KERNEL_CACHE) -> None:
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+    global _capped_here
+    if not any(v in os.environ for v in KERNEL_CACHE_VARS):
+        os.environ[KERNEL_CACHE_VARS[0]] = str(capacity)
+        _capped_here = True
+
+
+def kernel_cache_capped_here() -> bool:
+    """Whether this process set the cap (child processes inherit it; bench's training one drops it)."""
+    return _capped_here
 
 
 def release_free_memory() -> None:

@@ -23,7 +23,7 @@ import queue
 import socket
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Any, Callable, Literal
@@ -163,15 +163,21 @@ _NOTHING = object()
 
 def _settle(futures: list[Future], compute: Callable[[], list]) -> None:
     """Set each future to its part of compute(), or all of them to its exception: a bad batch or
-    job never kills the worker."""
+    job never kills the worker, and neither does a future its caller cancelled meanwhile."""
     try:
         results = compute()
     except Exception as e:
-        for f in futures:
-            f.set_exception(e)
-        return
+        results, error = [None] * len(futures), e
+    else:
+        error = None
     for f, res in zip(futures, results):
-        f.set_result(res)
+        try:
+            if error is None:
+                f.set_result(res)
+            else:
+                f.set_exception(error)
+        except InvalidStateError:  # cancelled: nobody waits for it
+            pass
 
 
 def _error(status: int, message: str) -> JSONResponse:

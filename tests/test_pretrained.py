@@ -244,12 +244,20 @@ def test_decoding_in_chunks_equals_one_batch(pretrained_dir, monkeypatch):
 
 def test_loading_for_generation_limits_the_kernel_cache_unless_set(pretrained_dir, monkeypatch):
     import reviewgan.pretrained as P
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setattr(P, "_capped_here", False)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")  # so that the test's end restores its absence
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY", raising=False)
     ReviewGAN.from_pretrained(pretrained_dir)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(P.GENERATION_KERNEL_CACHE)
+    assert P.kernel_cache_capped_here()
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "500")  # the user's own setting wins
     ReviewGAN.from_pretrained(pretrained_dir)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "500"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "64")  # under its older name too
+    ReviewGAN.from_pretrained(pretrained_dir)
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
     P.release_free_memory()  # a no-op where the C library has no malloc_trim
 
 

@@ -115,6 +115,17 @@ def test_jobs_run_on_the_batchers_worker_with_its_threads(tiny_model_dir):
     batcher.close()
 
 
+def test_a_cancelled_request_does_not_stop_the_worker(tiny_model_dir):
+    from reviewgan.serve import Batcher
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    batcher = Batcher(model, gather_s=0.5)  # the first request waits in the gathering window...
+    gone = batcher.submit(model.request("positive", n=1, seed=1))
+    assert gone.cancel()  # ...where its client gives up on it
+    assert len(batcher.submit(model.request("negative", n=2, seed=2)).result(timeout=60)) == 2
+    assert len(batcher.submit(model.request("positive", n=1, seed=3)).result(timeout=60)) == 1
+    batcher.close()
+
+
 def test_rewrite_endpoint_and_its_validation(client):
     body = {"text": "the movie was wonderful and the cast brilliant!", "to": "negative", "sentiment": "positive",
             "seed": 1}

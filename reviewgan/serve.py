@@ -102,7 +102,7 @@ class Batcher:
     threads: the worker's intra-op threads. OpenMP gives each thread that computes its own team of
     threads; with a second team in the process (the main thread's, from loading the model) there
     are more threads than cores, OpenMP stops spinning between the thousands of small kernels of a
-    decoding step, and the worker decodes ~1.7x slower. `serve` therefore loads the model with one
+    decoding step, and the worker decodes ~1.5x slower (scripts/thread_probe.py). `serve` therefore loads the model with one
     thread, so the main thread's team has no workers, and gives the worker the machine's threads.
     """
 

@@ -293,6 +293,11 @@ class Autoencoder(nn.Module):
         self.train(was_training)
         return code
 
+    def read_texts(self, texts: list[str], tokenizer, max_len: int, device) -> torch.Tensor:
+        """Codes of decoded reviews for generation's screen: encode_texts' (the pretrained family reads
+        them with a faster copy of its embedder)."""
+        return self.encode_texts(texts, tokenizer, max_len, device)
+
     def codes(self, batch) -> torch.Tensor:
         """The codes of a batch from `batch()`."""
         return self.encode(batch[0], batch[1])[0]

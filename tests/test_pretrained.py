@@ -57,6 +57,20 @@ def test_generation_is_seeded_cased_and_ends_by_itself(pretrained_dir):
     assert any(c.isupper() for c in text)
 
 
+def test_screened_generation_reads_its_reviews_back_through_the_embedder(pretrained_dir):
+    from reviewgan.config import apply_overrides
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    assert model.reader is not None  # stage 2 ended with it
+    plain = model.generate("positive", n=6, seed=2, records=True)
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0.99", "sample.screen_tries=3"])
+    kept = model.generate("positive", n=6, seed=2, records=True)
+    assert kept == model.generate("positive", n=6, seed=2, records=True)
+
+    def read(reviews):
+        return model.reader(model.autoencoder.encode_texts([r.text for r in reviews])).detach()
+    assert (read(kept) >= read(plain) - 1e-5).all() and kept != plain
+
+
 def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
     # Greedy decoding with the KV cache (rows leaving the batch as they end) must pick, at every
     # step, the argmax of a plain forward pass over the whole prefix.
@@ -184,7 +198,8 @@ def test_export_is_fp16_holds_no_base_and_generates_the_same(pretrained_dir, tmp
     from safetensors.torch import load_file
     out = tmp_path / "release"
     assert main(["export", "--model", str(pretrained_dir), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "decoder.safetensors", "generator.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "decoder.safetensors", "generator.safetensors",
+                                                     "reader.safetensors"]
     assert all(v.dtype == torch.float16 for v in load_file(str(out / "decoder.safetensors")).values()
                if v.is_floating_point())
     a = ReviewGAN.from_pretrained(out).generate("positive", n=4, seed=1, greedy=True)

@@ -12,7 +12,7 @@ from reviewgan.train import TrainingError, train
 from .conftest import tiny_config
 
 QUIET = {"progress": False, "log": lambda m: None}
-WEIGHTS = ("autoencoder.safetensors", "generator.safetensors", "critic.safetensors")
+WEIGHTS = ("autoencoder.safetensors", "generator.safetensors", "critic.safetensors", "reader.safetensors")
 
 
 def weights(d):
@@ -32,7 +32,7 @@ def test_model_directory_is_self_describing(tiny_model_dir):
     assert meta["config"]["preset"] == "tiny"
     assert not list(tiny_model_dir.rglob("*.pt")) and not list(tiny_model_dir.rglob("*.pkl"))
     metrics = [json.loads(l) for l in (tiny_model_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {m["stage"] for m in metrics} == {"ae", "gan"}
+    assert {m["stage"] for m in metrics} == {"ae", "gan", "reader"}
     assert all(0 <= m.get("val_token_acc", 0.5) <= 1 for m in metrics)
 
 
@@ -171,6 +171,81 @@ def test_a_batch_of_requests_equals_each_request_alone(tiny_model_dir):
     together = model.generate_batch([model.request(**r) for r in reqs])
     assert together == [model.generate(**r, records=True) for r in reqs]
     assert all(r.tokens <= 5 for r in together[3]) and together[0] != together[2]
+
+
+def test_the_reader_is_the_logistic_regression_of_the_codes():
+    from sklearn.linear_model import LogisticRegression
+    from reviewgan.gan import fit_reader
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (400,), generator=g)
+    codes = torch.randn(400, 6, generator=g) + 0.8 * (2 * labels[:, None] - 1) * torch.tensor([1., -1, 0, 0, 0, 0])
+    reader = fit_reader(codes, labels)
+    ref = LogisticRegression(max_iter=2000).fit(codes.double().numpy(), labels.numpy()).predict_proba(codes.double().numpy())
+    assert torch.allclose(reader(codes).detach().double(), torch.as_tensor(ref[:, 1]), atol=1e-5)
+    assert float(((reader(codes) > 0.5).long() == labels).float().mean()) > 0.7
+
+
+def test_stage_2_ends_with_a_reader_and_resume_fits_a_missing_one(tiny_model_dir, tmp_path):
+    import shutil
+    assert (tiny_model_dir / "reader.safetensors").exists()
+    rows = [json.loads(x) for x in (tiny_model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows][-1] == "reader" and 0.5 < rows[-1]["reader_acc_val"] <= 1
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run)
+    (run / "reader.safetensors").unlink()
+    cfg = ReviewGAN.from_pretrained(run).cfg
+    model = train(cfg, run, resume=True, progress=False, log=lambda m: None)  # nothing left to train but the reader
+    assert model.reader is not None
+    before, after = load_file(str(tiny_model_dir / "reader.safetensors")), load_file(str(run / "reader.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def screened(model, screen, tries=4):
+    from reviewgan.config import apply_overrides
+    model.cfg = apply_overrides(model.cfg, [f"sample.screen={screen}", f"sample.screen_tries={tries}"])
+    return model
+
+
+def reads(model, reviews, label):
+    texts = [r.text for r in reviews]
+    p = model.reader(model.autoencoder.encode_texts(texts, model.tokenizer, model.cfg.data.max_len, "cpu"))
+    return (p if label else 1 - p).detach()
+
+
+def test_the_screen_keeps_the_draw_read_most_clearly(tiny_model_dir):
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    plain = model.generate("negative", n=12, seed=5, temperature=1.0, records=True)
+    assert screened(model, 0.0).generate("negative", n=12, seed=5, temperature=1.0, records=True) == plain  # off
+    assert screened(model, 0.99, tries=1).generate("negative", n=12, seed=5, temperature=1.0, records=True) == plain
+    low = reads(model, plain, 0)
+    redo = low < 0.99
+    assert redo.any()  # the tiny model's reader is far from sure of most reviews
+    kept = screened(model, 0.99, tries=4).generate("negative", n=12, seed=5, temperature=1.0, records=True)
+    high = reads(model, kept, 0)
+    # a review read clearly enough on its first draw stays; every other one is read at least as clearly
+    assert all(k == p for k, p, r in zip(kept, plain, redo) if not r)
+    assert (high >= low - 1e-6).all() and (high > low + 1e-6).any()
+    assert kept == screened(model, 0.99, tries=4).generate("negative", n=12, seed=5, temperature=1.0, records=True)
+
+
+def test_a_screened_batch_of_requests_equals_each_request_alone(tiny_model_dir):
+    model = screened(ReviewGAN.from_pretrained(tiny_model_dir), 0.99, tries=3)
+    reqs = [dict(sentiment="positive", n=3, seed=1, temperature=0.7), dict(sentiment="negative", n=2, seed=2, greedy=True),
+            dict(sentiment="positive", n=4, seed=4, temperature=1.0, max_len=5)]
+    together = model.generate_batch([model.request(**r) for r in reqs])
+    assert together == [model.generate(**r, records=True) for r in reqs]
+    assert all(r.tokens <= 5 for r in together[2])
+
+
+def test_screening_a_model_without_a_reader_is_one_clear_error(tiny_model_dir, tmp_path):
+    import shutil
+    from reviewgan.checkpoint import ModelError
+    shutil.copytree(tiny_model_dir, tmp_path / "old")
+    (tmp_path / "old" / "reader.safetensors").unlink()
+    model = ReviewGAN.from_pretrained(tmp_path / "old")
+    assert model.reader is None and len(model.generate("positive", n=2, seed=0)) == 2  # unscreened: fine
+    with pytest.raises(ModelError, match="sample.screen needs the model's sentiment reader"):
+        screened(model, 0.5).generate("positive", n=2, seed=0)
 
 
 def test_sample_max_len_is_the_default_budget(tiny_model_dir):

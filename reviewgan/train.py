@@ -358,6 +358,8 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
     else:
         cfg, reuse = open_run(cfg, out, resume, force, log)
         dist.barrier()
+    # Decided once, while every process sees the same folder: rank 0 writes the reader later.
+    has_reader = (out / READER_FILE).exists()
     if world > 1:
         log(f"data-parallel training on {world} processes")
     torch.manual_seed(cfg.train.seed)
@@ -411,6 +413,6 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         if not run.state["ae"]["done"]:
             raise TrainingError(f"{out}: train the autoencoder first (--stage ae or all)")
         train_gan(run, data, ae, gen, critic, progress)
-    if stage in ("gan", "all") and cfg.model == "gan" and run.state["gan"]["done"] and not (out / READER_FILE).exists():
+    if stage in ("gan", "all") and cfg.model == "gan" and run.state["gan"]["done"] and not has_reader:
         train_reader(run, data, ae)  # also fits one for a run whose stage 2 ended without it
     return ReviewGAN.from_pretrained(out, device=str(device))

@@ -299,9 +299,8 @@ class ReviewGAN:
         z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
         for r, b in zip(requests, counts):
             if not self.is_lm:
-                z.append(torch.randn(b, self.cfg.gan.noise_dim, generator=r.generator, device=dev) * self.cfg.sample.noise_scale)
-            u.append(torch.rand(b, r.max_len, generator=r.generator, device=dev))
-            u[-1] = torch.nn.functional.pad(u[-1], (0, max_len - r.max_len), value=0.5)
+                z.append(self._noise(r, b))
+            u.append(self._uniforms(r, b, max_len))
             labels += [r.label] * b
             temp += [r.temperature] * b
             top_p += [r.top_p] * b
@@ -325,6 +324,16 @@ class ReviewGAN:
             i += b
         return out
 
+    def _noise(self, r: Request, rows: int) -> torch.Tensor:
+        """The generator's noise for `rows` reviews of request r, from its own generator."""
+        z = torch.randn(rows, self.cfg.gan.noise_dim, generator=r.generator, device=self.device)
+        return z * self.cfg.sample.noise_scale
+
+    def _uniforms(self, r: Request, rows: int, max_len: int) -> torch.Tensor:
+        """The sampling numbers of `rows` reviews of request r, padded from its max_len to the batch's."""
+        u = torch.rand(rows, r.max_len, generator=r.generator, device=self.device)
+        return torch.nn.functional.pad(u, (0, max_len - r.max_len), value=0.5)
+
     def _decode_noise(self, z, labels, to_decoder, max_len, kw):
         """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags."""
         codes = self.generator(z, labels)
@@ -344,7 +353,7 @@ class ReviewGAN:
         most clearly is kept. Decoding blurs a code's sentiment, and this is the one place that sees
         the review that came out. Redraws come from each request's own generator, in row order, after
         its first draws: a request's reviews still depend on the request alone."""
-        s, dev = self.cfg.sample, self.device
+        s = self.cfg.sample
         ids, ended = list(ids), list(ended)
         owner = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))  # each row's request
         cut = [requests[i].max_len for i in owner.tolist()]
@@ -357,9 +366,8 @@ class ReviewGAN:
             for i, r in enumerate(requests):  # rows are grouped by request, so this keeps redo's order
                 k = int((owner[redo] == i).sum())
                 if k:
-                    z.append(torch.randn(k, self.cfg.gan.noise_dim, generator=r.generator, device=dev) * s.noise_scale)
-                    u.append(torch.nn.functional.pad(torch.rand(k, r.max_len, generator=r.generator, device=dev),
-                                                     (0, max_len - r.max_len), value=0.5))
+                    z.append(self._noise(r, k))
+                    u.append(self._uniforms(r, k, max_len))
             again = dict(greedy=kw["greedy"][redo], temperature=kw["temperature"][redo], top_p=kw["top_p"][redo],
                          uniforms=torch.cat(u))
             new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .autoencoder import output_loss, sample_top_p
+from .autoencoder import output_loss, sample_nucleus
 from .base import Base, cache_root
 from .config import AEConfig
 from .llama import Llama, LlamaShape
@@ -257,7 +257,7 @@ class PretrainedAutoencoder(nn.Module):
                 if bool(torch.as_tensor(p >= 1.0).all()):
                     drawn = sample_softmax_(logits, temp, generator, u)
                 else:
-                    drawn = sample_top_p(logits, temp, p, generator, u)
+                    drawn = sample_nucleus(logits, temp, p, generator, u)
                 tokens = torch.where(sample, drawn, tokens)
             out[active, t] = tokens
             done = tokens == tok.end_id

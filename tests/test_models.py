@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reviewgan.autoencoder import IGNORE, Autoencoder, SoftmaxCrossEntropy, decoder_io, sample_top_p
+from reviewgan.autoencoder import IGNORE, Autoencoder, SoftmaxCrossEntropy, decoder_io, sample_nucleus, sample_top_p
 from reviewgan.bench import StraightforwardMLP, straightforward_ae_loss
 from reviewgan.config import AEConfig, GANConfig
 from reviewgan.gan import (Critic, Generator, ResidualMLP, clip_weights_, critic_loss, gradient_penalty,
@@ -173,6 +173,33 @@ def test_top_p_keeps_only_the_nucleus():
     assert draws == {0}
     draws = {int(sample_top_p(logits, 1.0, 0.85, g)) for _ in range(200)}
     assert draws == {0, 1}
+
+
+def test_nucleus_sampling_draws_what_top_p_sampling_draws():
+    """The top-k fast path against the full sort, row for row: peaked and flat rows (whose nucleus
+    is larger than k, so they fall back), top_p = 1 and tiny top_p, per-row temperatures, and logits
+    rounded to bf16 as a decoder's are, where equal probabilities straddle the nucleus's edge."""
+    torch.manual_seed(0)
+    for V, k in [(50, 8), (3000, 16), (3000, 256)]:
+        B = 64
+        logits = torch.randn(B, V) * torch.linspace(0.1, 6, B)[:, None]
+        temp = torch.rand(B, 1) * 1.5 + 0.3
+        p = torch.rand(B, 1)
+        p[::7], p[::5] = 1.0, 0.01
+        u = torch.rand(B, 1)
+        for x in (logits, (logits * 3).bfloat16().float()):
+            assert torch.equal(sample_nucleus(x, temp, p, u=u, k=k), sample_top_p(x, temp, p, u=u))
+            assert torch.equal(sample_nucleus(x, 0.8, 0.9, u=u, k=k), sample_top_p(x, 0.8, 0.9, u=u))
+    # five tokens of one probability, the nucleus ending among them: the reference keeps the lowest ids
+    row = torch.full((1, 40), -30.0)
+    row[0, [3, 9, 17, 25, 31]] = 0.0
+    for p in (0.3, 0.5, 0.7):
+        for u in torch.linspace(0.01, 0.99, 25):
+            u = u.view(1, 1)
+            assert torch.equal(sample_nucleus(row, 1.0, p, u=u, k=4), sample_top_p(row, 1.0, p, u=u))
+            assert torch.equal(sample_nucleus(row, 1.0, p, u=u, k=8), sample_top_p(row, 1.0, p, u=u))
+    draws = {int(sample_top_p(row, 1.0, 0.5, u=torch.tensor([[x]]))) for x in torch.linspace(0.01, 0.99, 50)}
+    assert draws == {3, 9, 17}
 
 
 def test_generation_stops_at_end_and_is_batched():

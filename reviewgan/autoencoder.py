@@ -407,6 +407,12 @@ def sample_top_p(logits: torch.Tensor, temperature, top_p, generator=None, u=Non
     return idx.squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
+def rows_of(x, rows, batch: int):
+    """The entries of `rows` of a per-row setting: x[rows] when x holds one entry per row of a batch
+    of `batch` rows ((batch, ...) tensors), else x itself (a float, or one tensor for every row)."""
+    return x[rows] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == batch else x
+
+
 NUCLEUS_K = 256  # candidates sample_nucleus looks at before it falls back to sorting a row whole
 
 
@@ -444,8 +450,7 @@ def sample_nucleus(logits: torch.Tensor, temperature, top_p, generator=None, u=N
     tok = ids.gather(-1, j).squeeze(-1)
     if not bool(inside.all()):
         rest = (~inside).nonzero().squeeze(1)
-        pick = lambda x: x[rest] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == B else x  # noqa: E731
-        tok[rest] = sample_top_p(logits[rest], pick(temperature), top_p[rest], u=u[rest])
+        tok[rest] = sample_top_p(logits[rest], rows_of(temperature, rest, B), top_p[rest], u=u[rest])
     return tok
 
 

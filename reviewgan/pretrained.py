@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .autoencoder import output_loss, sample_nucleus
+from .autoencoder import output_loss, rows_of, sample_nucleus
 from .base import Base, cache_root
 from .config import AEConfig
 from .llama import Llama, LlamaShape
@@ -217,9 +217,9 @@ class PretrainedAutoencoder(nn.Module):
         rows, ended = [], []
         for s in range(0, B, DECODE_ROWS):
             part = slice(s, s + DECODE_ROWS)
-            pick = lambda x: x[part] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == B else x  # noqa: E731
-            r, e = self._generate(codes[part], max_len, pick(greedy), pick(temperature), pick(top_p), generator,
-                                  pick(uniforms), steer[part] if steer is not None else None)
+            r, e = self._generate(codes[part], max_len, rows_of(greedy, part, B), rows_of(temperature, part, B),
+                                  rows_of(top_p, part, B), generator, rows_of(uniforms, part, B),
+                                  steer[part] if steer is not None else None)
             rows += r
             ended += e
             release_free_memory()

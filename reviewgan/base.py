@@ -156,10 +156,11 @@ def load_base(name: str, expect_sha256: str | None = None, weights: bool = True,
 def _from_gguf(path: Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise ModelError("loading a GGUF base needs transformers and gguf: pip install transformers gguf") from None
+    # transformers dequantises the file; it reads GGUF through gguf and (from 5.24) only with accelerate installed
+    missing = [m for m in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelError(f"loading a GGUF base needs transformers, gguf and accelerate: pip install {' '.join(missing)}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     weights = _llama_weights(hf.state_dict())

@@ -157,6 +157,18 @@ def test_a_missing_base_package_is_one_clear_error(corpus_csv, tmp_path, capsys,
     assert not (out / "config.json").exists()
 
 
+def test_converting_a_gguf_base_without_accelerate_is_one_clear_error(tmp_path, monkeypatch):
+    # transformers 5.24 and later reads a GGUF file only with accelerate installed
+    import importlib.util
+
+    from reviewgan import base
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(ModelError, match="pip install accelerate$"):
+        base._from_gguf(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_reports_code_only_sentiment_and_fluency(pretrained_dir, capsys):
     assert main(["evaluate", "--model", str(pretrained_dir), "--n", "20", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer as HFTokenizer
 
 from .checkpoint import ModelError
+from .data import respace
 from .llama import LlamaShape
 
 
@@ -95,8 +96,11 @@ class PretrainedTokenizer:
     """The base model's own tokenizer (byte-level BPE for SmolLM2), with the ids reviewgan needs:
     start (the base's BOS), end (its EOS, which ends a review) and the special tokens never sampled."""
 
-    def __init__(self, hf: HFTokenizer, bos_id: int, eos_id: int):
+    def __init__(self, hf: HFTokenizer, bos_id: int, eos_id: int, respace: bool = False):
         self.hf, self.start_id, self.end_id = hf, bos_id, eos_id
+        # A decoder trained on units whose sentences were encoded without the space between them
+        # (data.spaced_sentences=false) writes "end.The": decode puts the space back (data.respace).
+        self.respace = respace
         self.pad_id = eos_id  # padding positions are masked out of every loss
         self.special_ids = sorted({i for i, t in hf.get_added_tokens_decoder().items() if t.special}
                                   | {bos_id, eos_id})
@@ -116,7 +120,8 @@ class PretrainedTokenizer:
         ids = [int(i) for i in ids]
         if self.end_id in ids:
             ids = ids[:ids.index(self.end_id)]
-        return self.hf.decode(ids, skip_special_tokens=True).strip()
+        text = self.hf.decode(ids, skip_special_tokens=True).strip()
+        return respace(text) if self.respace else text
 
     def to_str(self) -> str:
         return self.hf.to_str()
@@ -130,9 +135,11 @@ class Base:
     info: dict  # describe(): name, file, sha256, title, licence
 
 
-def load_base(name: str, expect_sha256: str | None = None, weights: bool = True, log=None) -> Base:
+def load_base(name: str, expect_sha256: str | None = None, weights: bool = True, log=None,
+              respace: bool = False) -> Base:
     """Load base `name`, refusing a weights file whose sha256 is not `expect_sha256` (when given).
-    weights=False: its shape and tokenizer only. log: where the one-time conversion says so (stderr)."""
+    weights=False: its shape and tokenizer only. log: where the one-time conversion says so (stderr).
+    respace: the tokenizer's decode puts back spaces between sentences (PretrainedTokenizer)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     info = describe(name)
     if expect_sha256 is not None and info["sha256"] != expect_sha256:
@@ -149,7 +156,8 @@ def load_base(name: str, expect_sha256: str | None = None, weights: bool = True,
         _write_cache(folder, weights, shape, tok_json, bos, eos)
     meta = json.loads((folder / "base.json").read_text())
     shape = LlamaShape(**meta["shape"])
-    tok = PretrainedTokenizer(HFTokenizer.from_file(str(folder / "tokenizer.json")), meta["bos_id"], meta["eos_id"])
+    tok = PretrainedTokenizer(HFTokenizer.from_file(str(folder / "tokenizer.json")), meta["bos_id"], meta["eos_id"],
+                              respace)
     return Base(shape, load_file(str(folder / "weights.safetensors")) if weights else {}, tok, info)
 
 

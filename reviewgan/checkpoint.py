@@ -176,6 +176,12 @@ def read_model_config(model_dir: Path) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{model_dir}: model format version {meta.get('format_version')!r} is not supported "
                          f"by this reviewgan (expects {FORMAT_VERSION}); retrain or use a matching version")
+    cfg = meta.get("config")
+    if isinstance(cfg, dict) and isinstance(cfg.get("data"), dict) and "spaced_sentences" not in cfg["data"] \
+            and (cfg.get("ae") or {}).get("family") == "pretrained":
+        # A config written before data.spaced_sentences existed: that decoder learnt units whose
+        # sentences were encoded without the space between them, so it is decoded as such.
+        meta = {**meta, "config": {**cfg, "data": {**cfg["data"], "spaced_sentences": False}}}
     return meta
 
 

@@ -31,6 +31,7 @@ class DataConfig:
     limit: int = 0  # use at most this many training reviews (0 = all); for quick runs
     opinion_filter: float = 0.9  # keep training units a whole-review classifier gives >= this for their label (0 = off): 44 % of chunks
     lowercase: bool = True  # the LSTM family's WordPiece is uncased; a pretrained decoder's tokenizer keeps case
+    spaced_sentences: bool = True  # a unit's later sentences are encoded with the space before them (units.make_units); false: "one.Two", as the bundled model was trained, whose text is re-spaced when decoded
     text_column: str = ""  # CSV/JSONL: name of the text column ("" = guess)
     label_column: str = ""  # CSV/JSONL: name of the label column ("" = guess)
 

@@ -221,6 +221,16 @@ def clean_text(text: str, lowercase: bool = True) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+# A sentence's end glued to the next sentence's capitalised first word: "end.The", "great!What", "me.I".
+# Not "U.S.A." or "Ph.D." (a capital before the stop, or none after the next capital's letter).
+_GLUED = re.compile(r"([a-z0-9)\]\"'][.!?]+)(?=[A-Z][a-z'\s])")
+
+
+def respace(text: str) -> str:
+    """Put back the space between two sentences written without one ("end.The" -> "end. The")."""
+    return _GLUED.sub(r"\1 ", text)
+
+
 def split_sentences(text: str) -> list[str]:
     """Split cleaned text after ., ! or ? followed by a space."""
     return [s for s in _SENT_END.split(text) if s.strip()]

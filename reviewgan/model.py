@@ -165,7 +165,7 @@ def base_of(cfg: Config, meta: dict, path: Path, weights: bool = True) -> Base:
     sha = (meta.get("base") or {}).get("sha256")
     if not isinstance(sha, str):
         raise ModelError(f"{path}: config.json names no base model (its sha256) for the pretrained decoder")
-    return load_base(cfg.ae.base, sha, weights=weights)
+    return load_base(cfg.ae.base, sha, weights=weights, respace=not cfg.data.spaced_sentences)
 
 
 def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:

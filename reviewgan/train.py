@@ -382,7 +382,7 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
     base = None
     if cfg.ae.family == "pretrained":  # the base LM brings its own tokenizer; a resumed run keeps its base
         sha = read_model_config(out).get("base", {}).get("sha256") if reuse else None
-        base = load_base(cfg.ae.base, sha, log=log)
+        base = load_base(cfg.ae.base, sha, log=log, respace=not cfg.data.spaced_sentences)
         tokenizer = base.tokenizer
     data = prepare_data(cfg, tokenizer, log)
     ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size, base)

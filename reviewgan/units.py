@@ -47,7 +47,8 @@ class Units:
                      codes=codes)
 
 
-def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max_len: int, unit: str = "review") -> Units:
+def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max_len: int, unit: str = "review",
+               spaced: bool = True) -> Units:
     """Cut each review into units of at most `max_len` tokens including [END].
 
     review mode: the longest run of opening whole sentences that fits; a review whose first
@@ -55,18 +56,24 @@ def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max
     chunk mode: the whole review cut into consecutive runs of whole sentences that fit (more
     multi-sentence training text per review; a sentence too long alone is skipped).
     sentence mode: every sentence that fits is its own unit, with the review's label.
+
+    spaced: a sentence after the first of a unit is encoded with the space before it. A byte-level
+    BPE (a pretrained base's) keeps spaces in its tokens, so without it the unit's ids decode as
+    "one.Two"; the LSTM family's WordPiece drops spaces, so its ids are the same either way.
     """
     budget = max_len - 1  # room for [END]
-    flat_ids = tokenizer.encode_batch([s for ss in sentences for s in ss])
+    flat = [s for ss in sentences for s in ss]
+    bare = tokenizer.encode_batch(flat)
+    after = tokenizer.encode_batch([" " + s for s in flat]) if spaced else bare
     out, k = Units(), 0
     for rec, sents in zip(records, sentences):
-        ids_list = flat_ids[k:k + len(sents)]
+        # (text, ids opening a unit, ids after another sentence)
+        pieces = [p for p in zip(sents, bare[k:k + len(sents)], after[k:k + len(sents)]) if p[1]]
         k += len(sents)
-        pieces = [(s, ids) for s, ids in zip(sents, ids_list) if ids]
         if unit == "sentence":
-            for s, ids in pieces:
-                if len(ids) <= budget:
-                    _add_run(out, [(s, ids)], rec.label, tokenizer.end_id)
+            for piece in pieces:
+                if len(piece[1]) <= budget:
+                    _add_run(out, [piece], rec.label, tokenizer.end_id)
                 else:
                     out.dropped_long += 1
             continue
@@ -92,10 +99,11 @@ def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max
 def _fit_run(pieces, start: int, budget: int) -> int:
     """How many whole sentences from `start` on fit in `budget` tokens."""
     total, n = 0, 0
-    for _, ids in pieces[start:]:
-        if total + len(ids) > budget:
+    for _, first, later in pieces[start:]:
+        size = len(later if n else first)
+        if total + size > budget:
             break
-        total += len(ids)
+        total += size
         n += 1
     return n
 
@@ -104,11 +112,12 @@ _WORD = re.compile(r"[a-z0-9]", re.I)
 
 
 def _add_run(out: Units, run, label: int, end_id: int) -> None:
-    text = " ".join(s for s, _ in run)
+    text = " ".join(s for s, _, _ in run)
     if not _WORD.search(text):
         out.dropped_wordless += 1
         return
-    out.add([t for _, ids in run for t in ids] + [end_id], label, text)
+    ids = run[0][1] + [t for _, _, later in run[1:] for t in later]
+    out.add(ids + [end_id], label, text)
 
 
 def opinion_filter(units: Units, records: list[Record], threshold: float) -> Units:
@@ -179,7 +188,8 @@ def prepare_data(cfg: Config, tokenizer: Tokenizer | None = None, log=print) -> 
     sents = {k: sentences_of(v, cfg.data.unit, cfg.data.lowercase) for k, v in splits.items()}
     if tokenizer is None:
         tokenizer = Tokenizer.train((" ".join(s) for s in sents["train"]), cfg.data.vocab_size, cfg.data.min_frequency)
-    units = {k: make_units(splits[k], sents[k], tokenizer, cfg.data.max_len, cfg.data.unit) for k in splits}
+    units = {k: make_units(splits[k], sents[k], tokenizer, cfg.data.max_len, cfg.data.unit, cfg.data.spaced_sentences)
+             for k in splits}
     if cfg.data.opinion_filter > 0:  # training units only: validation and test stay the real distribution
         units["train"] = opinion_filter(units["train"], splits["train"], cfg.data.opinion_filter)
     train = units["train"]

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from reviewgan.data import DataError, Record, clean_text, load_records, sentences_of, split_records, split_sentences
+from reviewgan.data import (DataError, Record, clean_text, load_records, respace, sentences_of, split_records,
+                            split_sentences)
 from reviewgan.tokenizer import Tokenizer
 from reviewgan.units import Units, iterate_batches, make_units, opinion_filter
 
@@ -113,6 +114,40 @@ def test_chunk_mode_uses_the_whole_review_in_whole_sentences():
     tok = make_tok([" ".join(s) for s in sents])
     units = make_units(recs, sents, tok, max_len=10, unit="chunk")
     assert units.texts == ["a b c. d e f.", "g h i j k l m n.", "o p."] and units.dropped_long == 0
+
+
+def test_a_units_later_sentences_keep_the_space_before_them_in_a_byte_level_bpe(tiny_base):
+    from reviewgan.base import load_base
+    tok = load_base(str(tiny_base)).tokenizer  # byte-level BPE: a space is part of the next token
+    recs = [Record("The film was good. It was long! Was it? Yes.", 1)]
+    sents = sentences_of(recs, "chunk", lowercase=False)
+    spaced = make_units(recs, sents, tok, max_len=40, unit="chunk")
+    assert tok.decode(spaced.ids[0]) == spaced.texts[0] == "The film was good. It was long! Was it? Yes."
+    glued = make_units(recs, sents, tok, max_len=40, unit="chunk", spaced=False)
+    assert tok.decode(glued.ids[0]) == "The film was good.It was long!Was it?Yes."
+    n = len(spaced.ids[0])  # [END] included: the budget counts the spaced ids
+    assert len(make_units(recs, sents, tok, max_len=n, unit="chunk")) == 1
+    assert len(make_units(recs, sents, tok, max_len=n - 1, unit="chunk")) == 2
+    tok.respace = True  # how a decoder trained on glued units is decoded
+    assert tok.decode(glued.ids[0]) == spaced.texts[0]
+
+
+def test_wordpiece_units_are_the_same_spaced_or_not():
+    recs = [Record("a b c. d e f. g h i j k l m n. o p.", 1), Record("q r. s t u! v w?", 0)]
+    sents = sentences_of(recs, "chunk")
+    tok = make_tok([" ".join(s) for s in sents])
+    a, b = (make_units(recs, sents, tok, max_len=10, unit="chunk", spaced=x) for x in (True, False))
+    assert a.ids == b.ids and a.texts == b.texts
+
+
+def test_respace_splits_glued_sentences_only():
+    assert respace("It was rich.James tries! What a mess!Truly.I can't.") == \
+        "It was rich. James tries! What a mess! Truly. I can't."
+    assert respace('Mrs.Crowell and the "Road".The end (really).Then') == \
+        'Mrs. Crowell and the "Road". The end (really). Then'
+    for kept in ("U.S.A. is big", "a Ph.D. thesis", "3.5 stars", "www.IMDb.com", "A.I. and O.K.", "end. The",
+                 "e.g. this", ".NET"):
+        assert respace(kept) == kept
 
 
 def test_units_without_a_word_are_dropped_and_counted():

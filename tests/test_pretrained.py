@@ -157,6 +157,25 @@ def test_a_missing_base_package_is_one_clear_error(corpus_csv, tmp_path, capsys,
     assert not (out / "config.json").exists()
 
 
+def test_a_config_from_before_spaced_sentences_decodes_as_its_decoder_was_trained(pretrained_dir, tiny_model_dir,
+                                                                                  tmp_path):
+    import shutil
+    assert ReviewGAN.from_pretrained(pretrained_dir).tokenizer.respace is False  # trained spaced: as it writes
+    old = tmp_path / "old"
+    shutil.copytree(pretrained_dir, old)
+    meta = json.loads((old / "config.json").read_text())
+    del meta["config"]["data"]["spaced_sentences"]
+    (old / "config.json").write_text(json.dumps(meta))
+    m = ReviewGAN.from_pretrained(old)  # its units were encoded without the spaces between sentences
+    assert m.cfg.data.spaced_sentences is False and m.tokenizer.respace is True
+    lstm = tmp_path / "lstm"
+    shutil.copytree(tiny_model_dir, lstm)
+    meta = json.loads((lstm / "config.json").read_text())
+    del meta["config"]["data"]["spaced_sentences"]
+    (lstm / "config.json").write_text(json.dumps(meta))
+    assert ReviewGAN.from_pretrained(lstm).cfg.data.spaced_sentences is True  # WordPiece: no spaces to lose
+
+
 def test_converting_a_gguf_base_without_accelerate_is_one_clear_error(tmp_path, monkeypatch):
     # transformers 5.24 and later reads a GGUF file only with accelerate installed
     import importlib.util

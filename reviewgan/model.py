@@ -25,6 +25,7 @@ from .lm import ConditionalLM
 from .pretrained import PretrainedAutoencoder, limit_kernel_cache, release_free_memory
 from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment
 from .tokenizer import Tokenizer
+from .units import encode_unit
 
 MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
 MAX_REWRITE = 10_000  # texts per rewrite call
@@ -530,7 +531,10 @@ class ReviewGAN:
         if copy:
             tok = self.tokenizer  # special tokens are never copied: an unknown word is not worth writing
             skip = {tok.pad_id, tok.start_id, tok.end_id, getattr(tok, "unk_id", None), *getattr(tok, "special_ids", ())}
-            steer = SourceCopy([[i for i in tok.encode(t) if i not in skip] for t in read], copy, self.device)
+            # the source as the decoder learnt units: a glued decoder writes "end.The", so copies "The"
+            spaced = self.cfg.data.spaced_sentences
+            steer = SourceCopy([[i for i in encode_unit(tok, t, spaced) if i not in skip] for t in read], copy,
+                               self.device)
         out = self._decode_codes(moved, dst_t, *decoding, g, steer)
         records = []
         for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):

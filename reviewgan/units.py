@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import DataError, Record, clean_text, limit_records, load_records, sentences_of, split_records
+from .data import (DataError, Record, clean_text, limit_records, load_records, sentences_of, split_records,
+                   split_sentences)
 from .tokenizer import PAD, Tokenizer
 
 @dataclass
@@ -94,6 +95,17 @@ def make_units(records: list[Record], sentences: list[list[str]], tokenizer, max
                 _add_run(out, pieces[i:i + run], rec.label, tokenizer.end_id)
                 i += run
     return out
+
+
+def encode_unit(tokenizer, text: str, spaced: bool = True) -> list[int]:
+    """A cleaned text's ids as make_units encodes a unit of its sentences, without [END]: what a
+    decoder trained on such units writes for it (a rewrite's source-copy bonus uses them)."""
+    ids: list[int] = []
+    for s in split_sentences(text):
+        first = tokenizer.encode(s)
+        if first:  # make_units skips a sentence with no tokens
+            ids += tokenizer.encode(" " + s) if ids and spaced else first
+    return ids
 
 
 def _fit_run(pieces, start: int, budget: int) -> int:

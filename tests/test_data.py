@@ -130,6 +130,9 @@ def test_a_units_later_sentences_keep_the_space_before_them_in_a_byte_level_bpe(
     assert len(make_units(recs, sents, tok, max_len=n - 1, unit="chunk")) == 2
     tok.respace = True  # how a decoder trained on glued units is decoded
     assert tok.decode(glued.ids[0]) == spaced.texts[0]
+    from reviewgan.units import encode_unit  # a rewrite's source, as the units of either kind
+    assert encode_unit(tok, spaced.texts[0]) == spaced.ids[0][:-1]
+    assert encode_unit(tok, spaced.texts[0], spaced=False) == glued.ids[0][:-1]
 
 
 def test_wordpiece_units_are_the_same_spaced_or_not():

@@ -176,6 +176,21 @@ def test_a_config_from_before_spaced_sentences_decodes_as_its_decoder_was_traine
     assert ReviewGAN.from_pretrained(lstm).cfg.data.spaced_sentences is True  # WordPiece: no spaces to lose
 
 
+def test_the_copy_bonus_reads_the_source_as_the_decoders_units(pretrained_dir, monkeypatch):
+    import reviewgan.model as M
+    from reviewgan.units import encode_unit
+    seen = []
+    real = M.SourceCopy
+    monkeypatch.setattr(M, "SourceCopy", lambda sources, *a: seen.append(sources) or real(sources, *a))
+    m = ReviewGAN.from_pretrained(pretrained_dir)
+    text = "The film was good. It was long."
+    for spaced in (True, False):
+        m.cfg.data.spaced_sentences = spaced
+        m.rewrite(text, to="negative", copy=4)
+        assert seen[-1] == [encode_unit(m.tokenizer, text, spaced)]
+    assert seen[0] != seen[1]  # " It" after the stop, or "It"
+
+
 def test_converting_a_gguf_base_without_accelerate_is_one_clear_error(tmp_path, monkeypatch):
     # transformers 5.24 and later reads a GGUF file only with accelerate installed
     import importlib.util

@@ -110,11 +110,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of every layer for a batch being decoded: (B, kv_heads, capacity, hd) each,
-    filled up to `length`. Memory slots, when given, are its first entries."""
+    """Keys and values of every layer for a batch being decoded: (B, kv_heads, room, hd) each, filled
+    up to `length`. Memory slots, when given, are its first entries.
 
-    def __init__(self, n_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
-        shape = (batch, kv_heads, capacity, head_dim)
+    The buffers start with room for `GROW` positions past the memory and grow by `GROW` positions at a
+    time, up to `capacity`, holding only the rows still in the batch. Rows leave as their reviews end,
+    so the cache holds about (rows still writing) x (positions so far), not every row at full length:
+    for 256 reviews of the bundled model, 128 MiB at its largest against 276 MiB for all rows at the
+    whole budget (docs/PERFORMANCE.md). Growth replaces one layer's buffers at a time, so it never
+    holds two whole caches; it copies the cache a few times per batch, which costs little beside
+    the matmuls."""
+
+    GROW = 8
+
+    def __init__(self, n_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype, device,
+                 memory_slots: int = 0):
+        self.capacity = capacity
+        shape = (batch, kv_heads, min(capacity, memory_slots + self.GROW), head_dim)
         self.store = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * n_layers)]
         self.k, self.v = self.store[:n_layers], self.store[n_layers:]  # views of the first rows of store
         self.length = 0
@@ -122,9 +134,23 @@ class KVCache:
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, kv_heads, t, hd) after the cached ones; -> all keys, values so far."""
         end = self.length + k.size(2)
+        if end > self.store[layer].size(2):
+            self._grow(layer, end)
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def _grow(self, layer: int, end: int) -> None:
+        """Replace this layer's buffers by ones with room for `end` positions and GROW more (at most
+        `capacity`), holding only the rows still in the batch."""
+        room = min(self.capacity, end + self.GROW)
+        if end > room:
+            raise ValueError(f"the cache holds {self.capacity} positions; {end} asked for")
+        for views, i in ((self.k, layer), (self.v, layer + len(self.k))):
+            old = views[layer]
+            new = old.new_empty(old.size(0), old.size(1), room, old.size(3))
+            new[:, :, :self.length] = old[:, :, :self.length]
+            self.store[i] = views[layer] = new
 
     def put_memory(self, memory) -> None:
         """Cache the memory slots (one (k, v) per layer, each (B, kv_heads, M, hd)) before any position."""
@@ -137,9 +163,9 @@ class KVCache:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every row not in `rows` (the rows still decoding), so finished ones cost nothing. The
-        kept rows move to the front of the buffers allocated at the start: a fresh (rows, ...) tensor
-        per layer at every shrink, each of another size, fragments the allocator's heap (peak RSS of
-        2,000 reviews 2,573 against 1,794 MB: docs/PERFORMANCE.md)."""
+        kept rows move to the front of the buffers they are in: a fresh (rows, ...) tensor per layer
+        at every shrink, each of another size, fragments the allocator's heap (peak RSS of 2,000
+        reviews 2,573 against 1,794 MB: docs/PERFORMANCE.md)."""
         n = rows.numel()
         for buf, x in zip(self.store, self.k + self.v):
             buf[:n, :, :self.length] = x[rows, :, :self.length]  # the gather copies before any row is overwritten
@@ -266,7 +292,8 @@ class Llama(nn.Module):
             return torch.mm(h.to(self.dtype), self.embed_tokens.weight.t(), out=out)
         return F.linear(h.to(self.dtype), self.embed_tokens.weight)
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int, memory_slots: int = 0) -> KVCache:
+        """A cache for up to `capacity` positions (memory slots included), grown as it fills."""
         s = self.shape
         return KVCache(s.n_layers, batch, s.n_kv_heads, capacity, s.head_dim, self.dtype,
-                       self.embed_tokens.weight.device)
+                       self.embed_tokens.weight.device, memory_slots)

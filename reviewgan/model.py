@@ -22,7 +22,7 @@ from .config import RANGES, Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator, Reader
 from .lm import ConditionalLM
-from .pretrained import PretrainedAutoencoder, limit_kernel_cache, release_free_memory
+from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
 from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment
 from .tokenizer import Tokenizer
 from .units import encode_unit
@@ -212,8 +212,9 @@ class ReviewGAN:
         path = Path(path)
         cfg, tokenizer, meta = load_spec(path)
         dev = resolve_device(device)
-        if cfg.ae.family == "pretrained":
+        if cfg.ae.family == "pretrained":  # generation's memory (pretrained.py)
             limit_kernel_cache()
+            limit_heap_fragmentation()
         base = base_of(cfg, meta, path) if cfg.ae.family == "pretrained" else None
         stages = meta.get("stages", [])
         with torch.device("meta"):  # shapes only: the files' headers are checked before anything is allocated

@@ -33,7 +33,8 @@ from .units import Units
 
 CODE_DIM = 384  # all-MiniLM-L6-v2
 # Rows decoded at once. The KV cache holds 30 layers x 2 x 192 values per token and row: 1,000 rows
-# of 49 positions take ~1.1 GB in bf16, 256 rows ~290 MB, and 256 rows still fill the matmuls.
+# of 49 positions would take ~1.1 GB in bf16, 256 rows 276 MiB (128 MiB as the cache grows while rows
+# finish: llama.KVCache), and 256 rows still fill the matmuls.
 DECODE_ROWS = 256
 # oneDNN keeps up to 1,024 compiled matmul kernels by default, one per shape. Decoding makes new
 # shapes whenever rows finish, so that cache fills with kernels used a few times and holds ~300 MB
@@ -57,6 +58,34 @@ def limit_kernel_cache(capacity: int = GENERATION_KERNEL_CACHE) -> None:
 def kernel_cache_capped_here() -> bool:
     """Whether this process set the cap (child processes inherit it; bench's training one drops it)."""
     return _capped_here
+
+
+# glibc gives a block of at least its mmap threshold pages of its own, handed back to the system when
+# the block is freed; smaller blocks come from the heap, whose free holes stay resident. By default
+# the threshold rises to the largest mmapped block freed so far: once the first decoding chunk has
+# freed its cache (0.5-5 MB a layer as it grows), later cache buffers land in the heap, and the holes
+# they leave held ~410 MB at the generation peak (docs/PERFORMANCE.md). Fixed at 1 MiB, the cache's
+# buffers and the logits come and go as pages of their own, while a step's activations (< 1 MB at
+# 256 rows) stay in the heap. Fixing it also fixes glibc's other dynamic setting, the trim threshold,
+# at its 128 KB default, which hands back and regrows the heap's top at every step (1,000 reviews
+# ~10 % slower): it is set to 32 MiB (the dynamic scheme moves it up to 64 MiB).
+HEAP_MMAP_THRESHOLD = 1 << 20
+HEAP_TRIM_THRESHOLD = 32 << 20
+HEAP_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # the user's own settings, or glibc.malloc.* tunables
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def limit_heap_fragmentation() -> bool:
+    """Fix glibc's mmap and trim thresholds for generation (above), unless the user set either
+    through the environment. -> whether they were set (False elsewhere than glibc)."""
+    if any(v in os.environ for v in HEAP_VARS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and \
+            bool(libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
 
 
 def release_free_memory() -> None:
@@ -228,7 +257,7 @@ class PretrainedAutoencoder(nn.Module):
     def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None):
         lm, tok, B = self.lm, self.tokenizer, codes.size(0)
         memory, offset = self.memory(codes)
-        cache = lm.new_cache(B, self.cfg.memory_slots + max_len)
+        cache = lm.new_cache(B, self.cfg.memory_slots + max_len, self.cfg.memory_slots)
         cache.put_memory(memory)
         per_row = [(torch.as_tensor(x, device=codes.device).expand(B, 1) if torch.is_tensor(x) else x)
                    for x in (temperature, top_p)]

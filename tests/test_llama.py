@@ -45,6 +45,32 @@ def test_kv_cache_and_memory_compute_the_full_pass():
     assert torch.allclose(full[[0, 2], 4:], m.logits(last), atol=1e-5)
 
 
+def test_a_growing_cache_computes_the_full_pass(monkeypatch):
+    # the cache starts with room for a few positions and grows as rows finish: growing between
+    # shrinks, one step at a time, must leave every position's keys and values where attention reads them
+    from reviewgan.llama import KVCache
+    monkeypatch.setattr(KVCache, "GROW", 2)
+    _, m = tiny_pair()
+    ids = torch.randint(0, 100, (4, 9))
+    memory = [(torch.randn(4, 2, 1, 8), torch.randn(4, 2, 1, 8)) for _ in range(2)]
+    rows = torch.arange(4)
+    with torch.no_grad():
+        full = m.logits(m.hidden(m.embed(ids), memory=memory))
+        cache = m.new_cache(4, 1 + 9, memory_slots=1)
+        assert cache.store[0].size(2) == 3  # the memory slot and GROW positions
+        cache.put_memory(memory)
+        for t in range(9):
+            got = m.logits(m.hidden(m.embed(ids[rows, t:t + 1]), t, cache=cache))
+            assert torch.allclose(got[:, 0], full[rows, t], atol=1e-5), t
+            if t in (2, 5):  # a row finishes: the others go on alone
+                cache.keep(torch.arange(1, rows.numel()))
+                rows = rows[1:]
+        assert cache.store[0].size(2) == 10  # grew to its capacity, no further
+        assert cache.store[0].size(0) <= 3  # grown buffers hold only the rows still writing
+        with pytest.raises(ValueError, match="holds 10 positions"):
+            cache.append(0, torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))
+
+
 def test_logits_written_into_a_buffer_are_the_same():
     # decoding writes each step's logits into the first rows of a buffer allocated once
     _, m = tiny_pair()

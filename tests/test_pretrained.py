@@ -3,6 +3,7 @@ the model folder, generation with a KV cache, loading, and refusing the wrong ba
 
 import json
 import os
+import platform
 
 import pytest
 import torch
@@ -320,6 +321,23 @@ def test_loading_for_generation_limits_the_kernel_cache_unless_set(pretrained_di
     ReviewGAN.from_pretrained(pretrained_dir)
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
     P.release_free_memory()  # a no-op where the C library has no malloc_trim
+
+
+def test_loading_for_generation_fixes_the_heap_thresholds_unless_set(pretrained_dir, monkeypatch):
+    import reviewgan.model as M
+    import reviewgan.pretrained as P
+    calls = []
+    monkeypatch.setattr(M, "limit_heap_fragmentation", lambda: calls.append(1))
+    ReviewGAN.from_pretrained(pretrained_dir)
+    assert calls == [1]
+    for var in P.HEAP_VARS:
+        monkeypatch.setenv(var, "4194304")  # the user's own setting wins: mallopt is not called
+        assert P.limit_heap_fragmentation() is False
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4194304")
+    assert P.limit_heap_fragmentation() is False
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_non_temporal_threshold=1048576")  # not malloc's
+    assert P.limit_heap_fragmentation() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):

@@ -64,28 +64,31 @@ def kernel_cache_capped_here() -> bool:
 # the block is freed; smaller blocks come from the heap, whose free holes stay resident. By default
 # the threshold rises to the largest mmapped block freed so far: once the first decoding chunk has
 # freed its cache (0.5-5 MB a layer as it grows), later cache buffers land in the heap, and the holes
-# they leave held ~410 MB at the generation peak (docs/PERFORMANCE.md). Fixed at 1 MiB, the cache's
+# they leave held 413-423 MB at the generation peak (docs/PERFORMANCE.md). Fixed at 1 MiB, the cache's
 # buffers and the logits come and go as pages of their own, while a step's activations (< 1 MB at
 # 256 rows) stay in the heap. Fixing it also fixes glibc's other dynamic setting, the trim threshold,
 # at its 128 KB default, which hands back and regrows the heap's top at every step (1,000 reviews
 # ~10 % slower): it is set to 32 MiB (the dynamic scheme moves it up to 64 MiB).
 HEAP_MMAP_THRESHOLD = 1 << 20
 HEAP_TRIM_THRESHOLD = 32 << 20
-HEAP_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # the user's own settings, or glibc.malloc.* tunables
+HEAP_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # the user's own settings ...
+HEAP_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")  # ... in either form
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
 def limit_heap_fragmentation() -> bool:
     """Fix glibc's mmap and trim thresholds for generation (above), unless the user set either
-    through the environment. -> whether they were set (False elsewhere than glibc)."""
-    if any(v in os.environ for v in HEAP_VARS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    through the environment. -> whether both were set (False where the C library is not glibc;
+    under a preloaded allocator such as jemalloc, glibc's settings change nothing)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(v in os.environ for v in HEAP_VARS) or any(t in tunables for t in HEAP_TUNABLES):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and \
-            bool(libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
+    done = [mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD), mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)]
+    return all(done)
 
 
 def release_free_memory() -> None:

@@ -3,7 +3,6 @@ the model folder, generation with a KV cache, loading, and refusing the wrong ba
 
 import json
 import os
-import platform
 
 import pytest
 import torch
@@ -326,18 +325,32 @@ def test_loading_for_generation_limits_the_kernel_cache_unless_set(pretrained_di
 def test_loading_for_generation_fixes_the_heap_thresholds_unless_set(pretrained_dir, monkeypatch):
     import reviewgan.model as M
     import reviewgan.pretrained as P
-    calls = []
-    monkeypatch.setattr(M, "limit_heap_fragmentation", lambda: calls.append(1))
+    loaded = []
+    monkeypatch.setattr(M, "limit_heap_fragmentation", lambda: loaded.append(1))
+    monkeypatch.setattr(M, "limit_kernel_cache", lambda: None)
     ReviewGAN.from_pretrained(pretrained_dir)
-    assert calls == [1]
+    assert loaded == [1]
+
+    calls = []  # a stand-in C library: the test process's own malloc is left as it is
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(P.ctypes, "CDLL", lambda name: Libc())
     for var in P.HEAP_VARS:
-        monkeypatch.setenv(var, "4194304")  # the user's own setting wins: mallopt is not called
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.cpu.x86_non_temporal_threshold=1048576")
+    assert P.limit_heap_fragmentation() is True  # other tunables than the two thresholds do not count
+    assert calls == [(-3, 1 << 20), (-1, 32 << 20)]  # M_MMAP_THRESHOLD 1 MiB, M_TRIM_THRESHOLD 32 MiB
+    for var in P.HEAP_VARS:  # the user's own setting wins: mallopt is not called
+        monkeypatch.setenv(var, "4194304")
         assert P.limit_heap_fragmentation() is False
         monkeypatch.delenv(var)
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4194304")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=4194304")
     assert P.limit_heap_fragmentation() is False
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_non_temporal_threshold=1048576")  # not malloc's
-    assert P.limit_heap_fragmentation() is (platform.libc_ver()[0] == "glibc")
+    assert len(calls) == 2
 
 
 def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):

@@ -117,9 +117,9 @@ class KVCache:
     time, up to `capacity`, holding only the rows still in the batch. Rows leave as their reviews end,
     so the cache holds about (rows still writing) x (positions so far), not every row at full length:
     for 256 reviews of the bundled model, 128 MiB at its largest against 276 MiB for all rows at the
-    whole budget (docs/PERFORMANCE.md); rows that all run to the budget still take the whole 276. Growth replaces one layer's buffers at a time, so it never
-    holds two whole caches; it copies the cache a few times per batch, which costs little beside
-    the matmuls."""
+    whole budget (docs/PERFORMANCE.md); rows that all run to the budget still take the whole 276.
+    Growth replaces one layer's buffers at a time, so it never holds two whole caches; it copies the
+    cache a few times per batch, which costs little beside the matmuls."""
 
     GROW = 8
 

@@ -83,9 +83,8 @@ def limit_heap_fragmentation() -> bool:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if any(v in os.environ for v in HEAP_VARS) or any(t in tunables for t in HEAP_TUNABLES):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     done = [mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD), mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)]
     return all(done)
@@ -95,10 +94,17 @@ def release_free_memory() -> None:
     """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
     Between decoding chunks, the freed cache and logits of the last chunk lie in the heap in pieces
     that the next chunk's allocations do not fill exactly."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _glibc(name: str):
+    """glibc's function `name`, or None where the C library is another."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 class CodeMemory(nn.Module):

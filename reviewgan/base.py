@@ -169,8 +169,11 @@ def _from_gguf(path: Path):
     if missing:
         raise ModelError(f"loading a GGUF base needs transformers, gguf and accelerate: pip install {' '.join(missing)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .embedder import quiet_transformers
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    with quiet_transformers():
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     weights = _llama_weights(hf.state_dict())
     return weights, LlamaShape.from_hf(hf.config), tok.backend_tokenizer.to_str(), hf.config.bos_token_id, \
         hf.config.eos_token_id

@@ -231,6 +231,9 @@ def check_header(module: torch.nn.Module, path: Path) -> None:
 def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
     """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
     tensors = _check(module, _read_safetensors(path, lambda p: load_file(p, device="cpu")), path)
+    for k, t in tensors.items():  # a diverged run's weights load fine and write garbage: refuse them here
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{path}: tensor {k} holds NaN or infinite values")
     expected = module.state_dict()
     module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     module.to(device)

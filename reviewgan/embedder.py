@@ -7,6 +7,7 @@ evaluation's Fréchet embedding distance and MAUVE features. Never loaded from a
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,20 @@ def embedder_available() -> tuple[bool, str]:
     return True, ""
 
 
+@contextmanager
+def quiet_transformers():
+    """transformers' "Loading weights" bar off while it loads a model for reviewgan, which shows its own
+    progress (and none with --quiet); switched back on after, for a caller who uses transformers too."""
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class SentenceEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded from the wheel, never the Hub."""
 
@@ -43,7 +58,8 @@ class SentenceEmbedder:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(_embedder_dir()), device=device)
+        with quiet_transformers():
+            self.model = SentenceTransformer(str(_embedder_dir()), device=device)
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:

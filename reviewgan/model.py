@@ -104,6 +104,30 @@ def check_int(value, name: str, lo: int, hi: int) -> int:
     return value
 
 
+def seeded_generator(seed: int, device="cpu") -> torch.Generator:
+    """A torch.Generator for a seed in 0..2**63-1, each seed its own stream.
+
+    manual_seed keeps only the low 32 bits of a seed for the CPU's Mersenne Twister (seeds 0 and 2**32
+    draw the same numbers). Below 2**32 this is manual_seed itself, so those seeds draw what they always
+    have; from 2**32 up, the twister's 624-word state is filled from numpy's SeedSequence of the whole
+    integer (a hash of it), as numpy seeds its own generators. A CUDA generator (Philox) keeps all 64 bits."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    if seed < 2**32 or g.device.type != "cpu":
+        return g
+    # The CPU generator's state (torch 2.x, CPUGeneratorImplStateLegacy): the seed (u64), `left` (i32),
+    # `seeded` (i32), `next` (u64), then the 624 state words, each in a u64. `left` = 1 makes the first
+    # draw regenerate the whole state from these words, as after manual_seed.
+    state = g.get_state().numpy().copy()
+    words = np.random.SeedSequence(seed).generate_state(_MT_WORDS, dtype=np.uint32).astype(np.uint64)
+    state[_MT_OFFSET:_MT_OFFSET + 8 * _MT_WORDS] = words.view(np.uint8)
+    g.set_state(torch.from_numpy(state))
+    return g
+
+
+_MT_WORDS, _MT_OFFSET = 624, 24
+
+
 def check_number(value, name: str, lo: float, hi: float) -> float:
     """A finite int or float (not a bool, not a string) in [lo, hi] -> float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -280,9 +304,7 @@ class ReviewGAN:
         top_p = s.top_p if top_p is None else top_p
         max_len = (s.max_len or self.cfg.data.max_len) if max_len is None else max_len
         seed = int(torch.randint(2**62, (1,)).item()) if seed is None else check_int(seed, "seed", 0, 2**63 - 1)
-        g = torch.Generator(device=self.device)
-        g.manual_seed(seed)
-        return Request(label, n, g, greedy, temperature, top_p, max_len)
+        return Request(label, n, seeded_generator(seed, self.device), greedy, temperature, top_p, max_len)
 
     @torch.no_grad()
     def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False) -> list[list[Review]]:
@@ -422,8 +444,7 @@ class ReviewGAN:
             raise ValueError(f"codes must have shape (N, {dim}), got {tuple(codes.shape)}")
         if not bool(torch.isfinite(codes).all()):
             raise ValueError("codes must be finite (no NaN or infinity)")
-        g = torch.Generator(device=self.device)
-        g.manual_seed(seed)
+        g = seeded_generator(seed, self.device)
         max_len = max_len or self.cfg.data.max_len
         labels = None
         if sentiment is not None:
@@ -523,8 +544,7 @@ class ReviewGAN:
         own = read_sentiment(codes, self.class_means()).tolist()
         src = [own[i] if s is None else parse_sentiment(s) for i, s in enumerate(given)]
         dst = [1 - y if to.lower() == "flip" else SENTIMENTS.index(to.lower()) for y in src]
-        g = torch.Generator(device=self.device)
-        g.manual_seed(seed)
+        g = seeded_generator(seed, self.device)
         src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
         moved = move(codes, src_t, dst_t, strength, method, self.generator, self.autoencoder.code_kind,
                      self.class_means(), rc.invert_steps, g)
@@ -565,6 +585,5 @@ class ReviewGAN:
             self._need_generator("interpolate with a sentiment-conditioned decoder")
             y = read_sentiment(ends, self.class_means())
             labels = torch.where(torch.linspace(0, 1, steps, device=self.device) < 0.5, y[0], y[1])
-        g = torch.Generator(device=self.device)
-        g.manual_seed(check_int(seed, "seed", 0, 2**63 - 1))
+        g = seeded_generator(check_int(seed, "seed", 0, 2**63 - 1), self.device)
         return self._decode_codes(codes, labels, *decoding, g)

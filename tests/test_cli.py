@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 
 from reviewgan.cli import main
 
@@ -131,3 +133,32 @@ def test_export_fp16_release(capsys, tiny_model_dir, tmp_path):
     assert code == 0 and ReviewGAN.from_pretrained(tmp_path / "sampled").cfg.sample.temperature == 0.7
     bad(capsys, "export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--set", "ae.epochs=3",
         match="only changes the decoding")
+
+
+def test_every_seed_is_its_own_stream(capsys, tiny_model_dir):
+    # torch's CPU generator keeps a seed's low 32 bits: 0 and 2**32 would draw the same reviews.
+    import torch
+
+    from reviewgan.model import ReviewGAN, seeded_generator
+    draws = {s: torch.rand(8, generator=seeded_generator(s)).tolist() for s in (0, 1, 2**32, 2**32 + 1, 2**63 - 1)}
+    assert len({tuple(d) for d in draws.values()}) == len(draws)
+    assert draws[2**32] == torch.rand(8, generator=seeded_generator(2**32)).tolist()  # a seed is repeatable
+    assert draws[1] == torch.rand(8, generator=torch.Generator().manual_seed(1)).tolist()  # below 2**32: manual_seed
+    model = ReviewGAN.from_pretrained(tiny_model_dir)
+    kw = dict(n=6, temperature=1.5, greedy=False)
+    texts = {s: model.generate("positive", seed=s, **kw) for s in (0, 2**32, 2**62 + 5)}
+    assert texts[0] != texts[2**32] and texts[2**32] != texts[2**62 + 5]
+    assert model.generate("positive", seed=2**32, **kw) == texts[2**32]
+    args = ["generate", "--model", str(tiny_model_dir), "-n", "6", "--temperature", "1.5", "--seed"]
+    _, low, _ = run(capsys, *args, "0")
+    _, high, _ = run(capsys, *args, str(2**32))
+    assert low.splitlines() == texts[0] and high.splitlines() == texts[2**32]
+    bad(capsys, *args, str(2**63), match="between 0 and")
+    bad(capsys, *args, "-1", match="between 0 and")
+    # rewrite and interpolate take the same seeds
+    src = "the movie was great and the cast was wonderful."
+    rw = {s: model.rewrite(src, to="negative", seed=s, temperature=1.5)[0].text for s in (0, 2**32)}
+    assert rw[0] != rw[2**32]
+    assert model.rewrite(src, to="negative", seed=2**32, temperature=1.5)[0].text == rw[2**32]
+    with pytest.raises(ValueError, match="between 0 and"):
+        model.interpolate(src, "the film was dull.", steps=3, seed=2**63)

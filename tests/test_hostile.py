@@ -288,6 +288,29 @@ def test_a_config_promising_a_huge_model_is_refused_before_anything_is_allocated
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: no GBs were touched
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_weights_that_are_not_finite_are_refused_at_load_naming_file_and_tensor(tiny_model_dir, tmp_path, capsys,
+                                                                               bad):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from reviewgan import ReviewGAN
+    files = sorted(p.name for p in tiny_model_dir.glob("*.safetensors"))
+    assert len(files) >= 2  # every stage's file is checked, not only the first
+    for name in files:
+        out = tmp_path / f"{name}-{bad}"
+        shutil.copytree(tiny_model_dir, out, ignore=shutil.ignore_patterns("train_state"))
+        tensors = load_file(str(out / name))
+        key = sorted(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)[-1]
+        tensors[key].view(-1)[1] = bad  # one value of one tensor
+        save_file(tensors, str(out / name))
+        with pytest.raises(ModelError, match=f"{name}: tensor {key} holds NaN or infinite values"):
+            ReviewGAN.from_pretrained(out)
+        assert main(["generate", "--model", str(out), "-n", "1"]) == 2
+        assert name in one_error_line(capsys)
+
+
 def test_a_request_draws_the_same_random_numbers_alone_or_batched(tiny):
     # The part of batch independence that holds bit for bit: what each request's reviews depend on.
     seen = []

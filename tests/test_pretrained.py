@@ -72,45 +72,29 @@ def test_screened_generation_reads_its_reviews_back_through_the_embedder(pretrai
 
 
 def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
-    # Greedy decoding with the KV cache (rows leaving the batch as they end) must pick, at every
-    # step, the argmax of a plain forward pass over the whole prefix.
+    # Decoding with the KV cache, rows leaving the batch as they end, must compute at every step the
+    # logits of a plain forward pass over the whole prefix. Which rows end, and when, is set here (EOS
+    # forced at a chosen step and banned before it) rather than left to the model: its near-ties round
+    # differently on each CPU's kernels, so a premise like "some rows end, not all" would not hold on
+    # every machine. The logits are compared within a tolerance, for the same reason.
     model = ReviewGAN.from_pretrained(pretrained_dir)
     ae = model.autoencoder
-    # In float32: the two passes agree to ~1e-6, so a trained model's near-ties (one bf16 step apart
-    # in its logits) cannot flip between them.
-    ae.to(torch.float32)
+    ae.to(torch.float32)  # the two passes then agree to ~1e-5, far inside the tolerance below
     ae.lm.dtype = torch.float32
-    eos, logits_of = ae.tokenizer.end_id, ae.lm.logits
-    codes = torch.nn.functional.normalize(torch.randn(16, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
-    seen = []
-    direction = torch.randn(ae.lm.shape.dim, generator=torch.Generator().manual_seed(1))
+    tok, B, max_len = ae.tokenizer, 16, 12
+    end_at = [2 + i % 7 if i % 4 else None for i in range(B)]  # the step whose token is EOS; None: never
+    seen = {}  # (row, step) -> the cached pass's logits
 
-    def score(h):  # a fixed random direction of the hidden state
-        return h.float() @ direction
+    def schedule(logits, tokens, active):
+        t = len({s for _, s in seen})
+        for j, i in enumerate(active.tolist()):
+            seen[i, t] = logits[j].clone()
+            logits[j, tok.end_id] = 1e4 if end_at[i] == t else -float("inf")
 
-    def spy(h, out=None):
-        seen.append(score(h).flatten())
-        return logits_of(h, out=out)
-
-    ae.lm.logits = spy
-    ae.generate(codes, 12, greedy=True)
-    # EOS wins wherever the score falls below a threshold set in the widest gap between the values it
-    # takes on the way (between its 15th and 50th percentiles; it drifts down as a row goes on): rows
-    # end at different steps, and the cached and full passes, equal up to rounding, cannot disagree.
-    v = torch.cat(seen).sort().values
-    lo, hi = len(v) * 15 // 100, len(v) * 50 // 100
-    i = lo + int(torch.argmax(v[lo + 1:hi + 1] - v[lo:hi]))
-    threshold = float(v[i] + v[i + 1]) / 2
-
-    def ends_sometimes(h, out=None):
-        logits = logits_of(h, out=out).float()
-        logits[..., eos] += 1e4 * (score(h) < threshold).float()
-        return logits
-
-    ae.lm.logits = ends_sometimes
-    rows, ended = ae.generate(codes, 12, greedy=True)
-    assert len({len(r) for r, e in zip(rows, ended) if e}) > 1 and not all(ended)  # the cache lost rows mid-way
-    tok = ae.tokenizer
+    codes = torch.nn.functional.normalize(torch.randn(B, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    rows, ended = ae.generate(codes, max_len, greedy=True, steer=schedule)
+    assert ended == [e is not None for e in end_at]  # rows left the batch at different steps, some never
+    assert [len(r) for r in rows] == [max_len if e is None else e for e in end_at]
     memory, offset = ae.memory(codes)
     for i, row in enumerate(rows):
         seq = [tok.start_id] + row
@@ -118,10 +102,12 @@ def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
         with torch.no_grad():
             logits = ae.lm.logits(ae.lm.hidden(x, memory=[(k[i:i + 1], v[i:i + 1]) for k, v in memory])).float()[0]
         logits[:, [t for t in tok.special_ids if t != tok.end_id]] = -float("inf")
-        expected = logits.argmax(-1).tolist()
-        assert row == expected[:len(row)], i
-        if ended[i]:
-            assert expected[len(row)] == tok.end_id
+        for t in range(len(row) + (end_at[i] is not None)):
+            assert torch.allclose(seen[i, t], logits[t], rtol=0, atol=1e-3), (i, t)
+        for t, token in enumerate(row):  # greedy: each token the full pass's best, up to a near-tie
+            best = logits[t].clone()
+            best[tok.end_id] = -float("inf")
+            assert float(best.max() - best[token]) < 1e-3, (i, t)
 
 
 def test_encode_and_decode_round_trip_through_the_api(pretrained_dir):
@@ -371,3 +357,15 @@ def test_rewrite_and_interpolate_on_unit_length_codes(pretrained_dir):
     assert unmoved == m.decode(codes, max_len=budget)[0]
     path = m.interpolate(pos, neg, steps=3, greedy=True)
     assert len(path) == 3 and path[0] == unmoved and path[-1] == m.decode(m.encode(neg), max_len=budget)[0]
+
+
+def test_loading_shows_no_third_party_progress_bars(pretrained_dir, tmp_path):
+    # In a fresh process, so that the sentence embedder is loaded here and not by an earlier test.
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "reviewgan.cli", "rewrite", "--model", str(pretrained_dir), "--to",
+                          "negative", "The Film Was Great."],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() and "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr

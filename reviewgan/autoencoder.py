@@ -325,8 +325,8 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, code: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None):
-        """Batched decoding from codes (B, C) [and sentiments (B,)]; `steer` as in decode_loop.
+                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None, drop=None):
+        """Batched decoding from codes (B, C) [and sentiments (B,)]; `steer` and `drop` as in decode_loop.
         Returns token lists (without [END]), ended flags."""
         state = self.decoder.initial_state(code)
 
@@ -336,11 +336,11 @@ class Autoencoder(nn.Module):
             return logits
 
         return decode_loop(step, code.size(0), max_len, code.device, greedy, temperature, top_p, generator, uniforms,
-                           steer)
+                           steer, drop)
 
 
 def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top_p, generator=None, uniforms=None,
-                steer=None):
+                steer=None, drop=None):
     """Autoregressive decoding shared by the autoencoder and the LM baseline.
 
     `step(tokens (B,)) -> logits (B, V)` advances the model one token. Stops as soon as every row
@@ -350,7 +350,9 @@ def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top
     sampling, drawn up front; a row's text then depends on its own numbers only, not on the batch it
     was decoded in. Without them, `generator` draws them step by step. `steer(logits, previous
     tokens, rows)`, if given, adds to each step's float logits in place before the choice
-    (rewrite.SourceCopy); rows are the batch's row numbers.
+    (rewrite.SourceCopy); rows are the batch's row numbers. `drop() -> (B,) bools or None`, if given,
+    is asked before each step: the rows it names stop as ended rows do (the server's cancelled
+    requests), with no [END]; the loop stops once every row has.
     """
     tok = torch.full((batch,), START, dtype=torch.long, device=device)
     rows_all = torch.arange(batch, device=device)
@@ -358,6 +360,12 @@ def decode_loop(step, batch: int, max_len: int, device, greedy, temperature, top
     out = torch.full((batch, max_len), PAD, dtype=torch.long, device=device)
     all_greedy = greedy is True or (torch.is_tensor(greedy) and bool(greedy.all()))
     for t in range(max_len):
+        if drop is not None:
+            gone = drop()
+            if gone is not None:
+                done |= gone
+                if bool(done.all()):
+                    break
         logits = step(tok).float()
         logits[:, PAD] = -float("inf")  # never emit padding or a second [START]
         logits[:, START] = -float("inf")

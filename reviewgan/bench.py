@@ -2,8 +2,8 @@
 straightforward implementation, measured in the same run (ratios are what to compare: absolute
 timings on shared machines are noisy).
 
-- autoencoder training: real (non-padding) tokens/s; optimised = length-bucketed batches + bf16
-  autocast + fused Adam + `Autoencoder.loss` (encoder runs between distinct lengths instead of
+- autoencoder training: real (non-padding) tokens/s; optimised = length-bucketed batches + the
+  machine's compute precision (bf16 autocast where bf16 is native, precision.py) + fused Adam + `Autoencoder.loss` (encoder runs between distinct lengths instead of
   packing, loss without gathering real positions); baseline = fp32, every batch padded to max_len,
   random batches, plain Adam, the straightforward loss (packed encoder, logits selected by mask)
 - GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks);
@@ -36,6 +36,7 @@ from .config import Config, apply_overrides, load_preset
 from .tokenizer import END
 from .units import Units, iterate_batches, pad_batch
 from .gan import Critic, Generator, ResidualMLP, critic_loss, generator_loss
+from .precision import compute_dtype, dtype_name, prefer
 from .pretrained import KERNEL_CACHE_VARS, kernel_cache_capped_here
 
 # --------------------------------------------------------------------------- helpers
@@ -133,7 +134,8 @@ def bench_autoencoder(cfg: Config, units: Units, optimised: bool, steps: int, de
         if step == 2:
             sync(device)
             t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=optimised):
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=optimised and compute_dtype("auto", device) == torch.bfloat16):
             if optimised:
                 ce, _, _, n = ae.loss(ids, lens, labels)
             else:
@@ -254,8 +256,8 @@ def straightforward_pretrained_loss(ae, ids, lengths, labels, codes):
 
 
 def bench_pretrained(cfg: Config, optimised: bool, steps: int, device=torch.device("cpu")) -> dict:
-    """Stage-1 training of the pretrained decoder: real tokens/s. optimised = bf16 frozen base weights,
-    length-bucketed batches, the blockwise loss (`PretrainedAutoencoder.loss`); baseline = float32
+    """Stage-1 training of the pretrained decoder: real tokens/s. optimised = frozen base weights in the
+    machine's compute precision (bf16 where it is native, else float32), length-bucketed batches, the blockwise loss (`PretrainedAutoencoder.loss`); baseline = float32
     weights, random batches padded to max_len, float32 logits and F.cross_entropy. Synthetic token ids
     of IMDB chunks' lengths and random unit codes: speed does not depend on what the ids say."""
     from .base import load_base
@@ -264,7 +266,8 @@ def bench_pretrained(cfg: Config, optimised: bool, steps: int, device=torch.devi
     base = load_base(cfg.ae.base)
     if not optimised:
         base.weights = {k: v.float() for k, v in base.weights.items()}
-    ae = PretrainedAutoencoder(cfg.ae, base, dtype=torch.bfloat16 if optimised else torch.float32).to(device).train()
+    dtype = compute_dtype("auto", device) if optimised else torch.float32
+    ae = PretrainedAutoencoder(cfg.ae, base, dtype=dtype).to(device).train()
     opt = torch.optim.Adam(ae.param_groups(), lr=1e-4, fused=True)
     units = synthetic_units(cfg, 16 * cfg.ae.batch_size, mean=24, sd=6, vocab=base.shape.vocab_size,
                             end=base.tokenizer.end_id)
@@ -313,7 +316,7 @@ def bench_model(cfg: Config, device, model_dir=None):
         from .base import load_base
         from .pretrained import PretrainedAutoencoder
         base = load_base(cfg.ae.base)
-        ae, tok = PretrainedAutoencoder(cfg.ae, base), base.tokenizer
+        ae, tok = PretrainedAutoencoder(cfg.ae, base, compute_dtype("auto", device)), base.tokenizer
         ae.merge_lora()
     else:
         texts = [f"word{i} piece{i % 50} the film was {'good' if i % 2 else 'bad'}." for i in range(2000)]
@@ -345,7 +348,8 @@ def bench_generation(cfg: Config, n: int, single: int, device=torch.device("cpu"
 # --------------------------------------------------------------------------- memory (fresh processes)
 
 
-def _peak_rss_child(kind: str, cfg_dict: dict, q, model_dir=None, uncap: bool = False) -> None:
+def _peak_rss_child(kind: str, cfg_dict: dict, q, model_dir=None, uncap: bool = False, dtype: str = "auto") -> None:
+    prefer(dtype)  # a spawned process starts afresh: the parent's --dtype is passed along
     if uncap:  # the parent capped oneDNN's kernel cache for generation; training runs with the default
         os.environ.pop(KERNEL_CACHE_VARS[0], None)
     cfg = Config.from_dict(cfg_dict)
@@ -380,7 +384,8 @@ def peak_rss_mb(kind: str, cfg: Config, model_dir=None) -> float:
     q = ctx.Queue()
     uncap = kind == "train" and kernel_cache_capped_here()
     p = ctx.Process(target=_peak_rss_child,
-                    args=(kind, cfg.to_dict(), q, None if model_dir is None else str(model_dir), uncap))
+                    args=(kind, cfg.to_dict(), q, None if model_dir is None else str(model_dir), uncap,
+                          dtype_name(compute_dtype("auto"))))
     p.start()
     p.join(timeout=600)  # the child sends one number, so it can exit before the queue is read
     if p.is_alive():
@@ -413,8 +418,12 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
     result = {"device": name, "preset": preset, "overrides": list(overrides), "quick": quick}
     n_mm = (1024 if quick else 2048) * (4 if dev.type == "cuda" else 1)  # a GPU needs big matrices to reach its peak
     log("measuring matmul throughput...")
-    result["matmul_gflops"] = matmul_gflops(torch.bfloat16, n_mm, 0.3 if quick else 1.5, dev)
-    result["matmul_gflops_fp32"] = matmul_gflops(torch.float32, n_mm, 0.3 if quick else 1.5, dev)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        result[f"matmul_gflops_{name}"] = matmul_gflops(dtype, n_mm, 0.3 if quick else 1.5, dev)
+    # Floors and MFU are measured against the machine's best precision, whichever the run uses: a run
+    # in emulated bf16 would otherwise look near a ceiling that is itself 5x too low.
+    result["matmul_gflops"] = max(result["matmul_gflops_bf16"], result["matmul_gflops_fp32"])
+    result["compute_dtype"] = dtype_name(compute_dtype("auto", dev))
     if cfg.ae.family == "pretrained":
         log("pretrained decoder training: optimised vs baseline...")
         opt = bench_pretrained(cfg, True, steps // 3 + 2, dev)
@@ -459,7 +468,8 @@ def format_table(r: dict) -> str:
          f"{r['ae_speedup']:.2f}x"),
         *([("  padding of computed positions", f"{r['padding_frac']:.1%}", f"{r['baseline_padding_frac']:.1%}", "")]
           if "padding_frac" in r else []),
-        ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s bf16", "", ""),
+        ("  model FLOP utilisation", f"{r['mfu']:.1%} of {r['matmul_gflops']:,.0f} GFLOP/s (the faster of bf16 "
+         f"{r['matmul_gflops_bf16']:,.0f}, fp32 {r['matmul_gflops_fp32']:,.0f}); runs in {r['compute_dtype']}", "", ""),
         ("GAN training", f"{r['gan_iters_per_s']:.2f} it/s", f"{r['gan_baseline_iters_per_s']:.2f}", f"{r['gan_speedup']:.2f}x"),
         ("  with autograd's gradients (gan.py)", f"{r['gan_reference_iters_per_s']:.2f} it/s", "",
          f"{r['gan_reference_speedup']:.2f}x"),

@@ -26,6 +26,8 @@ def _config(args):
         overrides.append(f"train.seed={args.seed}")
     if getattr(args, "device", None):
         overrides.append(f"train.device={args.device}")
+    if getattr(args, "dtype", None):
+        overrides.append(f"train.dtype={args.dtype}")
     return apply_overrides(load_preset(args.preset), overrides)
 
 
@@ -103,6 +105,7 @@ def cmd_rewrite(args) -> int:
         texts, sentiments = texts + more, sentiments + given
     if not texts:
         raise ValueError("no reviews to rewrite: give them as arguments or with --input FILE")
+    sentiments = [args.source if s is None else s for s in sentiments]
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
     records = model.rewrite(texts, to=args.to, strength=args.strength, sentiments=sentiments, method=args.method,
                             seed=args.seed, greedy=True if args.greedy else None, temperature=args.temperature,
@@ -261,7 +264,7 @@ def cmd_serve(args) -> int:
         from .serve import serve
     except ImportError:
         raise ValueError("serve needs the serve extra: pip install 'reviewgan[serve]'") from None
-    serve(args.model, args.host, args.port)
+    serve(args.model, args.host, args.port, args.max_wait)
     return 0
 
 
@@ -315,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to rewrite (or use --input)")
     w.add_argument("--to", required=True, choices=["positive", "negative", "flip"],
                    help="the target sentiment; flip: each into the other one (the source's sentiment from --input "
-                   "JSONL, else the model's own reading, which the output notes)")
+                   "JSONL or --from, else the model's own reading with its p_positive, which the output notes; a "
+                   "review whose sentiment the model cannot tell is refused)")
+    w.add_argument("--from", dest="source", choices=["positive", "negative"],
+                   help="the sources' sentiment, for every review that --input does not give one "
+                   "(default: the model's reading)")
     w.add_argument("--input", metavar="FILE", help="one review per line, or JSONL with text (and sentiment); - for stdin")
     w.add_argument("--model", help="model directory (default: the bundled pretrained model)")
     w.add_argument("--strength", type=float, help="how far the code moves (default: the model's rewrite.strength, "
@@ -329,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--temperature", type=float, help="sampling temperature (default: the model's rewrite decoding, greedy)")
     w.add_argument("--greedy", action="store_true", help="argmax decoding (the default unless the model sets rewrite.greedy=false)")
     w.add_argument("--format", choices=["text", "jsonl"], default="text",
-                   help="text: one rewrite per line (notes on stderr); jsonl: {source, text, from, to[, note, read]}")
+                   help="text: one rewrite per line (notes on stderr); jsonl: {source, text, from, to[, note, read, "
+                   "p_positive, unclear]}")
     w.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default cpu)")
     w.set_defaults(func=cmd_rewrite)
 
@@ -391,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", help="model directory (default: the bundled pretrained model)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=int, default=8000, help="port to listen on")
+    v.add_argument("--max-wait", type=float, default=60.0, metavar="S",
+                   help="refuse new work (503 + Retry-After) once the queue's expected wait would pass S seconds "
+                        "(default 60; 0: no bound)")
     v.set_defaults(func=cmd_serve)
 
     x = sub.add_parser("export", help="release copy of a model: fp16 weights, config, tokenizer, no training state")
@@ -408,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for lengths.png and stats.json")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=cmd_stats)
+    for cmd in (t, g, w, i, e, b, v):  # every command that runs a model
+        cmd.add_argument("--dtype", choices=["auto", "bf16", "fp32"],
+                         help="compute precision (default auto: bf16 where the CPU or GPU multiplies it natively, "
+                              "AMX or AVX512-BF16, else fp32)")
     return p
 
 
@@ -419,6 +434,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        from .precision import prefer
+        prefer(getattr(args, "dtype", None) or "auto")  # for this command (main may run again in one process)
         return args.func(args)
     except (ConfigError, DataError, ModelError, TrainingError, ValueError, OSError) as e:
         print(f"reviewgan: error: {e}", file=sys.stderr)

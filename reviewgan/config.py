@@ -102,7 +102,9 @@ class TrainConfig:
     eval_every: int = 500  # GAN steps between validations; the AE validates every epoch
     n_samples: int = 2  # fixed-noise samples printed per sentiment at each validation
     threads: int = 0  # torch intra-op threads (0 = torch's default)
-    amp: str = "bf16"  # bf16: bfloat16 autocast for the autoencoder (about 2x on CPUs with AMX/AVX512-BF16) | none
+    # compute precision of both stages (autocast, the pretrained decoder's weights): auto = bf16 where the
+    # matrix units have it natively (AMX, AVX512-BF16, a bf16 GPU), else fp32 (precision.py) | bf16 | fp32
+    dtype: str = "auto"
 
 
 @dataclass
@@ -127,6 +129,12 @@ class RewriteConfig:
     invert_steps: int = 200  # Adam steps fitting the noise (method invert)
     greedy: bool = True  # a blind reader found greedy rewrites more fluent and faithful than sampled ones at T=0.6
     temperature: float = 0.6  # sampling only (greedy=false, or a temperature asked for)
+    # A source whose sentiment the model reads itself is one it cannot tell (noted; flip refuses it) when
+    # the reader's p_positive is within unclear_band of 0.5, or the text has fewer than min_words words,
+    # or its distinct words are under min_distinct of its words (rewrite.why_unclear)
+    unclear_band: float = 0.15
+    min_words: int = 3
+    min_distinct: float = 0.5
 
 
 @dataclass
@@ -157,7 +165,9 @@ class Config:
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a table")
             for key, value in values.items():
-                if (section, key) not in RETIRED:
+                if (section, key) == ("train", "amp") and "dtype" not in values:
+                    key, value = "dtype", _AMP_TO_DTYPE.get(value, value)
+                if (section, key) not in RETIRED and (section, key) != ("train", "amp"):
                     _set_field(getattr(cfg, section), section, key, value)
         cfg.validate()
         return cfg
@@ -211,13 +221,14 @@ RANGES = [
     ("sample", "push", 0.0, 10.0), ("sample", "screen", 0.0, 0.99), ("sample", "screen_tries", 1, 20),
     ("rewrite", "strength", 0.0, 10.0), ("rewrite", "copy", 0.0, 100.0),
     ("rewrite", "invert_steps", 1, 10_000),
-    ("rewrite", "temperature", 0.01, 100.0),
+    ("rewrite", "temperature", 0.01, 100.0), ("rewrite", "unclear_band", 0.0, 0.5), ("rewrite", "min_words", 0, 1000),
+    ("rewrite", "min_distinct", 0.0, 1.0),
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
     ("ae", "family", ("lstm", "pretrained")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
     ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
-    ("gan", "optimizer", ("rmsprop", "adam")), ("train", "amp", ("bf16", "none")),
+    ("gan", "optimizer", ("rmsprop", "adam")), ("train", "dtype", ("auto", "bf16", "fp32")),
     ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),
 ]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -225,6 +236,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # Keys older versions wrote into config.json that no longer exist and never changed results: skipped on load.
 RETIRED = {("train", "compile")}
+# train.amp (bf16 | none) became train.dtype: bf16 autocast was the only fast path, now auto picks it
+# where it is fast; none was float32.
+_AMP_TO_DTYPE = {"bf16": "auto", "none": "fp32"}
 
 SECTIONS = {"data": DataConfig, "ae": AEConfig, "gan": GANConfig, "train": TrainConfig, "sample": SampleConfig,
             "rewrite": RewriteConfig}

@@ -93,12 +93,13 @@ class MiniLM:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.MAX_TOKENS)
         # bf16: weights kept in bfloat16 (half the memory) and the products run in it, ~4x faster on a
-        # CPU; layer norms and pooling in float32. Cosine >= 0.9999 to float32's embeddings.
+        # CPU with native bf16 (slower without it: precision.py); layer norms and pooling in float32.
+        # Cosine >= 0.9999 to float32's embeddings.
         dtype = torch.bfloat16 if bf16 else torch.float32
         self.w = {k: v.float() if "LayerNorm" in k else v.to(dtype)
                   for k, v in load_file(str(_embedder_dir() / "model.safetensors")).items()
                   if not k.startswith("pooler.") and k != "embeddings.position_ids"}
-        self.dtype = dtype
+        self.dtype, self.bf16 = dtype, bf16
         self.batch_size, self.heads, self.torch = batch_size, 12, torch
 
     def _forward(self, ids, mask):

@@ -263,7 +263,7 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
     result["end_frac_within_train_len"] = float(np.mean([e and len(x) + 1 <= L for x, e in zip(ids, ended)]))
     if not real and samples is None:
         result["decode_max_len"] = int(max_len or model.cfg.sample.max_len or L)
-    result["recon_token_acc"] = result["recon_bleu4"] = None
+    result["recon_token_acc"] = result["recon_bleu4"] = result["recon_cos"] = result["recon_sentiment_kept"] = None
     if model.autoencoder is not None and not model.is_lm and not real:
         ae, k = model.autoencoder, min(500, len(ys.data.units["test"]))
         test = ys.data.units["test"].subset(range(k))  # the first 500 held-out units
@@ -271,9 +271,17 @@ def evaluate(model_dir: str | Path | None, n: int = 1000, seed: int = 0, greedy=
                                                          limit=getattr(ae, "val_limit", None))["token_acc"]
         with torch.no_grad():  # greedy reconstructions, each scored against its own original
             batch = ae.batch(test, list(range(k)), model.device)
-            rows, _ = ae.generate(ae.codes(batch), model.cfg.data.max_len, labels=batch[2])
-        recon = [model.tokenizer.decode(r) for r in rows]
+            codes = ae.codes(batch)
+            rows, _ = ae.generate(codes, model.cfg.data.max_len, labels=batch[2])
+            recon = [model.tokenizer.decode(r) for r in rows]
+            # Does the reconstruction say what the source said? Its own code against the source's,
+            # and the judge's reading of the source's label in it, over the judge's rate on the sources.
+            again = ae.encode_texts([t or "." for t in recon], model.tokenizer, model.cfg.data.max_len, model.device)
         result["recon_bleu4"] = float(np.mean([M.bleu([h], [r], 4) for h, r in zip(recon, ys.test_texts[:k])]))
+        result["recon_cos"] = float(torch.nn.functional.cosine_similarity(again.float(), codes.float(), dim=-1).mean())
+        src_labels = ys.test_labels[:k]
+        on_sources = float(np.mean(ys.judge.predict(ys.test_texts[:k]) == src_labels))
+        result["recon_sentiment_kept"] = float(np.mean(ys.judge.predict(recon) == src_labels)) / max(on_sources, 1e-9)
     else:
         notes["recon_token_acc"] = ("no autoencoder" if model.is_lm else "real data" if real
                                     else "the model directory holds no weights")

@@ -12,8 +12,9 @@ three things added for reviewgan:
   W + (alpha / r) B A is trained, and `merge_lora` folds it into W for generation;
 - **a KV cache that drops finished rows**, so batched decoding stops paying for reviews that ended.
 
-The residual stream is float32; the frozen weights and the matmuls run in `dtype` (bfloat16 on a CPU
-with AVX512-BF16 or AMX: about twice float32's speed there).
+The residual stream is float32; the frozen weights and the matmuls run in `dtype`: bfloat16 on a CPU
+with AVX512-BF16 or AMX (about twice float32's speed there), float32 on one without, where bf16 is
+emulated at a fifth of float32's speed (precision.py picks).
 """
 
 from __future__ import annotations
@@ -257,6 +258,15 @@ class Llama(nn.Module):
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList([Block(shape, dtype) for _ in range(shape.n_layers)])
         self.norm = RMSNorm(shape.dim, shape.norm_eps)
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run in `dtype` (precision.compute_dtype): the frozen weights are cast to it; LoRA, norms and
+        the residual stream stay float32."""
+        self.embed_tokens.weight.data = self.embed_tokens.weight.data.to(dtype)
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.weight.data = m.weight.data.to(dtype)
+        self.dtype = dtype
 
     def add_lora(self, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
         """LoRA on the named projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""

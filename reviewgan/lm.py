@@ -52,7 +52,7 @@ class ConditionalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, max_len: int, greedy=False, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, uniforms=None):
+                 generator: torch.Generator | None = None, uniforms=None, drop=None):
         """Batched decoding for the given sentiments (B,). Returns token lists (without [END]), ended flags."""
         state = None
 
@@ -61,4 +61,5 @@ class ConditionalLM(nn.Module):
             logits, state = self(tok.unsqueeze(1), labels, state)
             return logits[:, -1]
 
-        return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator, uniforms)
+        return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator,
+                           uniforms, drop=drop)

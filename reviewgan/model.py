@@ -9,6 +9,7 @@ of one model directory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from .config import RANGES, Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .gan import Critic, Generator, Reader
 from .lm import ConditionalLM
+from .precision import compute_dtype
 from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
-from .rewrite import METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment
+from .rewrite import (METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment,
+                      why_unclear)
 from .tokenizer import Tokenizer
 from .units import encode_unit
 
@@ -59,13 +62,18 @@ class Review:
 @dataclass
 class Rewrite:
     """One review rewritten: `source` as given, `text` the rewrite, `sentiment_from` what the source
-    was taken to be (given, or the model's reading, which `note` then says), `to` the target."""
+    was taken to be (given, or the model's reading, which `note` then says), `to` the target.
+    When the model read the source's sentiment: `p_positive`, its reader's probability that the
+    source is positive (None for a model without a reader), and `unclear`, whether the model cannot
+    tell (ReviewGAN.read; `note` says why)."""
     source: str
     text: str
     sentiment_from: str
     to: str
     note: str | None = None
     read: str | None = None  # the part of the source the model read, when it was cut to fit
+    p_positive: float | None = None
+    unclear: bool | None = None  # None: the source's sentiment was given, not read
 
     def to_dict(self) -> dict:
         d = {"source": self.source, "text": self.text, "from": self.sentiment_from, "to": self.to}
@@ -73,7 +81,25 @@ class Rewrite:
             d["note"] = self.note
         if self.read is not None:
             d["read"] = self.read
+        if self.p_positive is not None:
+            d["p_positive"] = self.p_positive
+        if self.unclear is not None:
+            d["unclear"] = self.unclear
         return d
+
+
+@dataclass
+class Reading:
+    """The model's reading of one text's sentiment (ReviewGAN.read)."""
+    sentiment: str
+    p_positive: float | None  # the reader's probability of positive; None for a model without a reader
+    unclear: str | None = None  # why the model cannot tell this text's sentiment (rewrite.why_unclear), or None
+
+    def unclear_note(self) -> str:
+        """The reading's doubt in words, e.g. "the model cannot tell this text's sentiment (p_positive 0.52;
+        within 0.15 of 0.5)"."""
+        p = [] if self.p_positive is None else [f"p_positive {self.p_positive:.2f}"]
+        return f"the model cannot tell this text's sentiment ({'; '.join(p + [self.unclear])})"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,6 +192,26 @@ def parse_sentiment(sentiment) -> int:
     raise ValueError(f"unknown sentiment {sentiment!r} (use positive or negative)")
 
 
+def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Tensor) -> Callable:
+    """A batch's `cancelled() -> request indices` as the decoders' `drop() -> (B,) bools or None`:
+    owner (B,) holds each row's request."""
+    def drop():
+        gone = cancelled()
+        return torch.isin(owner, torch.tensor(sorted(gone), dtype=torch.long, device=owner.device)) if gone else None
+    return drop
+
+
+def _subset(drop: Callable, rows: torch.Tensor) -> Callable:
+    """`drop` for a batch made of some of its rows."""
+    return lambda: (lambda gone: None if gone is None else gone[rows])(drop())
+
+
+def _live(drop: Callable | None) -> torch.Tensor | None:
+    """(B,) bools of the rows `drop` has not dropped; None when there is no drop or it drops none."""
+    gone = None if drop is None else drop()
+    return None if gone is None else ~gone
+
+
 def default_model_dir() -> Path | None:
     """The bundled model, if this install ships one (see pretrained/)."""
     for p in (Path(__file__).resolve().parent / "pretrained", Path(__file__).resolve().parent.parent / "pretrained"):
@@ -174,12 +220,12 @@ def default_model_dir() -> Path | None:
     return None
 
 
-def build_models(cfg: Config, vocab_size: int, base: Base | None = None):
-    """-> stage-1 model (the LSTM autoencoder, the pretrained decoder on `base`, or the LM baseline),
-    generator, critic (None for the LM)."""
+def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: torch.dtype = torch.bfloat16):
+    """-> stage-1 model (the LSTM autoencoder, the pretrained decoder on `base` computing in `dtype`, or
+    the LM baseline), generator, critic (None for the LM)."""
     if cfg.model == "lm":
         return ConditionalLM(vocab_size, cfg.ae), None, None
-    ae = PretrainedAutoencoder(cfg.ae, base) if cfg.ae.family == "pretrained" else Autoencoder(vocab_size, cfg.ae)
+    ae = PretrainedAutoencoder(cfg.ae, base, dtype) if cfg.ae.family == "pretrained" else Autoencoder(vocab_size, cfg.ae)
     gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     critic = Critic(cfg.gan, cfg.ae.code_dim)
     return ae, gen, critic
@@ -226,8 +272,10 @@ class ReviewGAN:
                 m.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> ReviewGAN:
-        """Load a model directory written by `reviewgan train` (or the bundled model if `path` is None)."""
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto") -> ReviewGAN:
+        """Load a model directory written by `reviewgan train` (or the bundled model if `path` is None).
+        dtype: auto | bf16 | fp32, the precision it computes in (precision.compute_dtype: auto is bf16
+        where the matrix units have it natively); the weights on disk are the same in either."""
         if path is None:
             path = default_model_dir()
             if path is None:
@@ -236,17 +284,18 @@ class ReviewGAN:
         path = Path(path)
         cfg, tokenizer, meta = load_spec(path)
         dev = resolve_device(device)
+        precision = compute_dtype(dtype, dev)
         if cfg.ae.family == "pretrained":  # generation's memory (pretrained.py)
             limit_kernel_cache()
             limit_heap_fragmentation()
         base = base_of(cfg, meta, path) if cfg.ae.family == "pretrained" else None
         stages = meta.get("stages", [])
         with torch.device("meta"):  # shapes only: the files' headers are checked before anything is allocated
-            shapes = build_models(cfg, tokenizer.vocab_size, base)
+            shapes = build_models(cfg, tokenizer.vocab_size, base, precision)
         files = [stage1_file(cfg)] + (["generator.safetensors"] if shapes[1] is not None and "gan" in stages else [])
         for module, name in zip(shapes, files):
             check_header(module, path / name)
-        ae, gen, critic = build_models(cfg, tokenizer.vocab_size, base)
+        ae, gen, critic = build_models(cfg, tokenizer.vocab_size, base, precision)
         load_weights(ae, path / stage1_file(cfg), dev)
         if base is not None:
             ae.merge_lora()  # generation only from here: LoRA folded into the base weights
@@ -307,7 +356,8 @@ class ReviewGAN:
         return Request(label, n, seeded_generator(seed, self.device), greedy, temperature, top_p, max_len)
 
     @torch.no_grad()
-    def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False) -> list[list[Review]]:
+    def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False,
+                       cancelled: Callable[[], Collection[int]] | None = None) -> list[list[Review] | None]:
         """Decode several requests as one batch (the server's micro-batching).
 
         What a request's reviews depend on is its own: its noise and every sampling number are drawn
@@ -317,9 +367,16 @@ class ReviewGAN:
         the sampled number, one token, and so the rest of that review, changes. `python -m
         reviewgan.loadtest --check-alone K` measures how often. `rows`: draw this many reviews per
         request instead of request.n.
+
+        `cancelled() -> indices into requests` (the server's: requests whose clients went away) is asked
+        between decoding steps; a cancelled request's rows leave the batch as ended rows do, the screen
+        draws none of them again, and its entry in the result is None. The other requests' reviews are
+        those of a run without it, up to the rounding a smaller batch can bring (above).
         """
         dev, max_len = self.device, max(r.max_len for r in requests)
         counts = [rows or r.n for r in requests]
+        owner = torch.repeat_interleave(torch.arange(len(requests), device=dev), torch.tensor(counts, device=dev))
+        drop = None if cancelled is None else _rows_of_requests(cancelled, owner)
         z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
         for r, b in zip(requests, counts):
             if not self.is_lm:
@@ -333,14 +390,19 @@ class ReviewGAN:
         kw = dict(greedy=torch.tensor(greedy, device=dev), temperature=torch.tensor(temp, device=dev)[:, None],
                   top_p=torch.tensor(top_p, device=dev)[:, None], uniforms=torch.cat(u))
         if self.is_lm:
-            ids, ended = self.autoencoder.generate(labels, max_len, **kw)
+            ids, ended = self.autoencoder.generate(labels, max_len, **kw, drop=drop)
         else:
             to_decoder = 1 - labels if swap else labels
-            ids, ended = self._decode_noise(torch.cat(z), labels, to_decoder, max_len, kw)
+            ids, ended = self._decode_noise(torch.cat(z), labels, to_decoder, max_len, kw, drop)
             if self.screens:
-                ids, ended = self._screen(requests, counts, labels, to_decoder, ids, ended, max_len, kw)
+                ids, ended = self._screen(requests, counts, labels, to_decoder, ids, ended, max_len, kw, drop)
+        gone = set(cancelled()) if cancelled is not None else set()
         out, i = [], 0
-        for r, b in zip(requests, counts):
+        for k, (r, b) in enumerate(zip(requests, counts)):
+            if k in gone:
+                out.append(None)
+                i += b
+                continue
             # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
             cut = [x[:r.max_len] for x in ids[i:i + b]]
             ends = [e and len(x) < r.max_len for x, e in zip(ids[i:i + b], ended[i:i + b])]
@@ -358,32 +420,37 @@ class ReviewGAN:
         u = torch.rand(rows, r.max_len, generator=r.generator, device=self.device)
         return torch.nn.functional.pad(u, (0, max_len - r.max_len), value=0.5)
 
-    def _decode_noise(self, z, labels, to_decoder, max_len, kw):
-        """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags."""
+    def _decode_noise(self, z, labels, to_decoder, max_len, kw, drop=None):
+        """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags.
+        drop: the decoder's (autoencoder.decode_loop)."""
         codes = self.generator(z, labels)
         if self.cfg.sample.push:
             codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
-        return self.autoencoder.generate(codes, max_len, labels=to_decoder, **kw)
+        return self.autoencoder.generate(codes, max_len, labels=to_decoder, **kw, drop=drop)
 
     @property
     def screens(self) -> bool:
         """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
         return not self.is_lm and self.cfg.sample.screen > 0
 
-    def _screen(self, requests, counts, labels, to_decoder, ids, ended, max_len, kw):
+    def _screen(self, requests, counts, labels, to_decoder, ids, ended, max_len, kw, drop=None):
         """sample.screen: each review is encoded back into a code and read by the model's Reader; one
         that reads as its requested sentiment with a probability below sample.screen is drawn again
         (new noise, new sampling numbers), up to sample.screen_tries draws in all, and the draw read
         most clearly is kept. Decoding blurs a code's sentiment, and this is the one place that sees
         the review that came out. Redraws come from each request's own generator, in row order, after
-        its first draws: a request's reviews still depend on the request alone."""
+        its first draws: a request's reviews still depend on the request alone. Rows that `drop` (the
+        decoder's) says have left are neither read nor drawn again."""
         s = self.cfg.sample
         ids, ended = list(ids), list(ended)
         owner = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))  # each row's request
         cut = [requests[i].max_len for i in owner.tolist()]
-        score = self._reads_as(ids, cut, labels)
+        score = self._reads_as(ids, cut, labels, _live(drop))
         for _ in range(s.screen_tries - 1):
             redo = torch.nonzero(score < s.screen).squeeze(1)
+            live = _live(drop)
+            if live is not None:
+                redo = redo[live[redo]]
             if len(redo) == 0:
                 break
             z, u = [], []
@@ -394,15 +461,23 @@ class ReviewGAN:
                     u.append(self._uniforms(r, k, max_len))
             again = dict(greedy=kw["greedy"][redo], temperature=kw["temperature"][redo], top_p=kw["top_p"][redo],
                          uniforms=torch.cat(u))
-            new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again)
-            new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo])
+            sub = None if drop is None else _subset(drop, redo)
+            new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again, sub)
+            new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo], _live(sub))
             for j, row in enumerate(redo.tolist()):
                 if new_score[j] > score[row]:
                     ids[row], ended[row], score[row] = new_ids[j], new_ended[j], new_score[j]
         return ids, ended
 
-    def _reads_as(self, rows, cut, labels) -> torch.Tensor:
-        """The Reader's probability that each decoded row (cut to its request's max_len) has its label."""
+    def _reads_as(self, rows, cut, labels, live=None) -> torch.Tensor:
+        """The Reader's probability that each decoded row (cut to its request's max_len) has its label.
+        live: (B,) bools, the rows to read; the others are not read and score 1 (never drawn again)."""
+        if live is not None and not bool(live.all()):
+            score = torch.ones(len(rows), device=labels.device)
+            idx = live.nonzero().squeeze(1).tolist()
+            if idx:
+                score[idx] = self._reads_as([rows[j] for j in idx], [cut[j] for j in idx], labels[idx])
+            return score
         texts = [clean_text(self.tokenizer.decode(r[:c]), self.cfg.data.lowercase) for r, c in zip(rows, cut)]
         p = self.reader(self.autoencoder.read_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device))
         release_free_memory()  # the decode's and the reading's freed buffers, before a redraw decodes
@@ -489,10 +564,37 @@ class ReviewGAN:
             self._means = class_means(self.generator)
         return self._means
 
+    def read(self, texts) -> list[Reading]:
+        """The model's own reading of each text's sentiment: its reader's p_positive, and whether it
+        cannot tell (a Reading each; see _read)."""
+        read, _ = self._sources(texts, "read")
+        return self._read(read, self._codes(read))
+
     def read_sentiment(self, texts) -> list[str]:
-        """The model's own reading of texts: the side of the generator's two class means their codes lie on."""
-        read, _ = self._sources(texts, "read_sentiment")
-        return [SENTIMENTS[int(y)] for y in read_sentiment(self._codes(read), self.class_means())]
+        """The model's own reading of texts: 'positive' or 'negative' each (read)."""
+        return [r.sentiment for r in self.read(texts)]
+
+    def _read(self, read: list[str], codes: torch.Tensor) -> list[Reading]:
+        """Cleaned texts and their codes (N, C) -> a Reading each: positive when the reader's p_positive
+        is above 0.5, and why the model cannot tell, if it cannot (rewrite.why_unclear).
+
+        The reader's probability can be taken at its word on real reviews: it is a logistic regression
+        fit on the codes of every training unit (gan.fit_reader), and on held-out validation chunks it
+        is calibrated (for the bundled model, of the chunks it gives 0.8-0.9, 0.84 are positive; of those
+        at 0.3-0.4, 0.38; expected calibration error 0.034; only below 0.2 is it too sure, 0.28 positive:
+        docs/RESULTS.md). Off real reviews it is not, which why_unclear's word counts are for. A model without a reader (trained before 0.6.0) is
+        read by the side of the generator's class means its codes lie on, with no probability."""
+        self._need_generator("reading a sentiment")
+        if self.reader is None:
+            labels, ps = read_sentiment(codes, self.class_means()).tolist(), [None] * len(read)
+        else:
+            with torch.no_grad():
+                ps = self.reader(codes).tolist()
+            labels = [int(p > 0.5) for p in ps]
+        rc = self.cfg.rewrite
+        return [Reading(SENTIMENTS[y], None if p is None else round(p, 4),
+                        why_unclear(t, p, rc.unclear_band, rc.min_words, rc.min_distinct))
+                for t, y, p in zip(read, labels, ps)]
 
     def _codes(self, read: list[str]) -> torch.Tensor:
         return self.autoencoder.encode_texts(read, self.tokenizer, self.cfg.data.max_len, self.device)
@@ -541,8 +643,13 @@ class ReviewGAN:
         if len(given) != len(read):
             raise ValueError(f"sentiments: {len(given)} given for {len(read)} texts")
         codes = self._codes(read)
-        own = read_sentiment(codes, self.class_means()).tolist()
-        src = [own[i] if s is None else parse_sentiment(s) for i, s in enumerate(given)]
+        own = self._read(read, codes)
+        src = [SENTIMENTS.index(own[i].sentiment) if s is None else parse_sentiment(s) for i, s in enumerate(given)]
+        for i, r in enumerate(own):  # flip guesses no sentiment the model cannot tell
+            if to.lower() == "flip" and given[i] is None and r.unclear:
+                where = "" if len(read) == 1 else f"text {i + 1}: "
+                raise ValueError(f"{where}{r.unclear_note()}: give the source's sentiment to flip it, or ask for "
+                                 "positive or negative")
         dst = [1 - y if to.lower() == "flip" else SENTIMENTS.index(to.lower()) for y in src]
         g = seeded_generator(seed, self.device)
         src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
@@ -560,12 +667,16 @@ class ReviewGAN:
         records = []
         for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):
             parts = [notes[i]] if notes[i] else []
-            if given[i] is None:
-                parts.append(f"the source's sentiment is the model's reading ({SENTIMENTS[src[i]]})")
+            r = own[i] if given[i] is None else None
+            if r is not None:
+                p = "" if r.p_positive is None else f", p_positive {r.p_positive:.2f}"
+                parts.append(f"{r.unclear_note()}: read as {r.sentiment}" if r.unclear else
+                             f"the source's sentiment is the model's reading ({r.sentiment}{p})")
             if src[i] == dst[i]:
                 parts.append(f"already {SENTIMENTS[dst[i]]}: its code is decoded unmoved")
             records.append(Rewrite(orig, text, SENTIMENTS[src[i]], SENTIMENTS[dst[i]], "; ".join(parts) or None,
-                                   fitted if notes[i] else None))
+                                   fitted if notes[i] else None, None if r is None else r.p_positive,
+                                   None if r is None else bool(r.unclear)))
         return records
 
     def interpolate(self, a: str, b: str, steps: int = 5, greedy: bool | None = None, seed: int = 0) -> list[str]:
@@ -583,7 +694,7 @@ class ReviewGAN:
         labels = None
         if self.decoder_takes_sentiment:
             self._need_generator("interpolate with a sentiment-conditioned decoder")
-            y = read_sentiment(ends, self.class_means())
+            y = torch.tensor([SENTIMENTS.index(r.sentiment) for r in self._read(read, ends)], device=self.device)
             labels = torch.where(torch.linspace(0, 1, steps, device=self.device) < 0.5, y[0], y[1])
         g = seeded_generator(check_int(seed, "seed", 0, 2**63 - 1), self.device)
         return self._decode_codes(codes, labels, *decoding, g)

@@ -142,6 +142,7 @@ class PretrainedAutoencoder(nn.Module):
         if not self.lm.embed_tokens.weight.is_meta:  # (built on the meta device, it only describes shapes)
             # assign: the module takes the loaded tensors themselves, no second copy of the base
             self.lm.load_state_dict(base.weights, assign=True)  # frozen
+            self.lm.set_dtype(dtype)  # the base is cached in bf16: a float32 run casts it once
         self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
         self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
         self.merged = False
@@ -216,11 +217,11 @@ class PretrainedAutoencoder(nn.Module):
         return torch.as_tensor(self.embedder().encode(texts), dtype=torch.float32, device=device)
 
     def read_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
-        """Codes of decoded reviews for generation's screen: the embedder written out and run in bf16
-        (embedder.MiniLM), cosine >= 0.9999 to encode_texts' codes."""
-        if self._reading is None:
+        """Codes of decoded reviews for generation's screen: the embedder written out and run in the
+        decoder's precision (embedder.MiniLM), cosine >= 0.9999 to encode_texts' codes."""
+        if self._reading is None or self._reading.bf16 != (self.lm.dtype == torch.bfloat16):
             from .embedder import MiniLM
-            self._reading = MiniLM(bf16=True)
+            self._reading = MiniLM(bf16=self.lm.dtype == torch.bfloat16)
         return torch.as_tensor(self._reading.encode(texts), dtype=torch.float32, device=device)
 
     def embedder(self):
@@ -243,28 +244,32 @@ class PretrainedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None):
+                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None, drop=None):
         """Batched decoding from codes (B, C) with a KV cache; each row stops at its EOS and leaves the
-        batch. Same per-row options, `uniforms` and `steer` as autoencoder.decode_loop (a row's text depends on
-        its own random numbers only). `labels` is ignored: this decoder takes no sentiment. Rows are
-        decoded DECODE_ROWS at a time (with `generator` instead of `uniforms`, chunk after chunk).
+        batch, and so does a row `drop` names. Same per-row options, `uniforms`, `steer` and `drop` as
+        autoencoder.decode_loop (a row's text depends on its own random numbers only). `labels` is
+        ignored: this decoder takes no sentiment. Rows are decoded DECODE_ROWS at a time (with
+        `generator` instead of `uniforms`, chunk after chunk).
         -> token lists without EOS, ended flags."""
         B = codes.size(0)
         if B <= DECODE_ROWS:
-            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms, steer)
+            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms, steer, drop)
         rows, ended = [], []
         for s in range(0, B, DECODE_ROWS):
             part = slice(s, s + DECODE_ROWS)
             r, e = self._generate(codes[part], max_len, rows_of(greedy, part, B), rows_of(temperature, part, B),
                                   rows_of(top_p, part, B), generator, rows_of(uniforms, part, B),
-                                  steer[part] if steer is not None else None)
+                                  steer[part] if steer is not None else None, _part(drop, part))
             rows += r
             ended += e
             release_free_memory()
         return rows, ended
 
-    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None):
+    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None, drop=None):
         lm, tok, B = self.lm, self.tokenizer, codes.size(0)
+        gone = drop() if drop is not None else None
+        if gone is not None and bool(gone.all()):  # a chunk cancelled whole before it starts is skipped
+            return [[] for _ in range(B)], [False] * B
         memory, offset = self.memory(codes)
         cache = lm.new_cache(B, self.cfg.memory_slots + max_len, self.cfg.memory_slots)
         cache.put_memory(memory)
@@ -281,6 +286,13 @@ class PretrainedAutoencoder(nn.Module):
         V = lm.shape.vocab_size
         low, full = (torch.empty(B, V, dtype=d, device=codes.device) for d in (lm.dtype, torch.float32))
         for t in range(max_len):
+            gone = drop() if drop is not None else None
+            if gone is not None and bool(gone[active].any()):  # cancelled rows leave as ended ones do
+                keep = (~gone[active]).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                cache.keep(keep)
+                active, tokens = active[keep], tokens[keep]
             h = lm.hidden(lm.embed(tokens[:, None]) + offset[active], start=t, cache=cache)
             b = active.numel()
             logits = full[:b].copy_(lm.logits(h[:, 0], out=low[:b]))  # (b, V), float32
@@ -310,6 +322,11 @@ class PretrainedAutoencoder(nn.Module):
         for r, e in zip(out.tolist(), ended.tolist()):
             rows.append(r[:r.index(tok.end_id)] if e else r)
         return rows, ended.tolist()
+
+
+def _part(drop, part: slice):
+    """`drop` for one chunk of rows."""
+    return None if drop is None else lambda: (lambda gone: None if gone is None else gone[part])(drop())
 
 
 def sample_softmax_(logits: torch.Tensor, temperature, generator=None, u=None) -> torch.Tensor:

@@ -28,6 +28,7 @@ from . import gan_fast
 from .gan import ReferenceSteps, clip_weights_, fit_reader
 from .lm import ConditionalLM
 from .model import ReviewGAN, build_models, resolve_device
+from .precision import compute_dtype
 from .tokenizer import Tokenizer
 from .units import Data, iterate_batches, prepare_data
 
@@ -37,8 +38,10 @@ class TrainingError(RuntimeError):
 
 
 def autocast(cfg: Config, device: torch.device):
-    """bf16 autocast: matmuls in bfloat16, losses and reductions stay in float32; weights are float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+    """bf16 autocast where the run computes in bf16 (train.dtype, precision.compute_dtype): matmuls in
+    bfloat16, losses and reductions in float32; weights are float32 either way."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=compute_dtype(cfg.train.dtype, device) == torch.bfloat16)
 
 
 def check_finite(value: float, what: str, step: int) -> None:
@@ -299,7 +302,7 @@ def train_reader(run: Run, data: Data, ae: Autoencoder) -> dict:
 # --------------------------------------------------------------------------- entry point
 
 
-MACHINE_SETTINGS = ("device", "threads")  # train.* keys that change speed, not results
+MACHINE_SETTINGS = ("device", "threads", "dtype")  # train.* keys that change speed (and rounding), not the recipe
 
 
 def open_run(cfg: Config, out: Path, resume: bool, force: bool, log) -> tuple[Config, bool]:
@@ -385,7 +388,7 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
         base = load_base(cfg.ae.base, sha, log=log, respace=not cfg.data.spaced_sentences)
         tokenizer = base.tokenizer
     data = prepare_data(cfg, tokenizer, log)
-    ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size, base)
+    ae, gen, critic = build_models(cfg, data.tokenizer.vocab_size, base, compute_dtype(cfg.train.dtype, device))
     for m in (ae, gen, critic):
         if m is not None:
             m.to(device)

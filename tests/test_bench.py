@@ -7,6 +7,7 @@ from reviewgan.cli import main
 from reviewgan.config import load_preset
 
 KEYS = ["ae_tokens_per_s", "ae_baseline_tokens_per_s", "ae_speedup", "padding_frac", "matmul_gflops", "mfu",
+        "matmul_gflops_bf16", "matmul_gflops_fp32", "compute_dtype",
         "gan_iters_per_s", "gan_speedup", "gen_1000_s", "gen_speedup", "train_peak_rss_mb", "gen_peak_rss_mb", "device"]
 
 
@@ -14,10 +15,18 @@ def test_bench_quick_reports_every_figure(capsys):
     assert main(["bench", "--quick", "--json", "--preset", "tiny"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(KEYS) <= set(r)
-    assert all(r[k] > 0 for k in KEYS if k != "device" and k != "padding_frac")
+    assert all(r[k] > 0 for k in KEYS if k not in ("device", "padding_frac", "compute_dtype"))
+    # the ceiling is the machine's best precision, whichever the run computes in
+    assert r["matmul_gflops"] == max(r["matmul_gflops_bf16"], r["matmul_gflops_fp32"])
+    assert r["compute_dtype"] in ("bf16", "fp32")
     # bucketing: the optimised path computes far fewer padding positions than padding to max_len
     assert r["padding_frac"] < r["baseline_padding_frac"]
     assert r["train_peak_rss_mb"] > 50 and r["gen_peak_rss_mb"] > 50
+
+
+def test_bench_runs_in_the_precision_asked_for(capsys):
+    assert main(["bench", "--quick", "--json", "--preset", "tiny", "--dtype", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["compute_dtype"] == "fp32"
 
 
 def test_bench_measures_a_variant_of_the_recipe(capsys):

@@ -12,7 +12,7 @@ from reviewgan.train import train
 
 from .conftest import tiny_config
 
-EXACT = ["ae.dropout=0", "ae.code_noise=0", "gan.g_dropout=0", "train.amp=none", "ae.epochs=1", "gan.steps=6",
+EXACT = ["ae.dropout=0", "ae.code_noise=0", "gan.g_dropout=0", "train.dtype=fp32", "ae.epochs=1", "gan.steps=6",
          "train.ckpt_every=3", "train.eval_every=1000", "train.n_samples=0"]
 
 

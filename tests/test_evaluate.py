@@ -8,7 +8,7 @@ from reviewgan.cli import main
 
 KEYS = ["sentiment_acc_positive", "sentiment_acc_negative", "judge_acc_real", "self_bleu4", "distinct1", "distinct2",
         "distinct3", "unique_frac", "test_bleu4", "fed", "fed_real_floor", "forward_ppl", "reverse_ppl", "end_frac",
-        "rep4_frac", "copy_frac", "mean_tokens", "recon_token_acc"]
+        "rep4_frac", "copy_frac", "mean_tokens", "recon_token_acc", "recon_bleu4", "recon_cos", "recon_sentiment_kept"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +30,32 @@ def test_evaluate_json_has_every_metric(capsys, tiny_model_dir, tmp_path):
     if r["fed"] is None:
         assert "fed" in r["notes"]  # a metric that could not be computed says why
     assert 0 <= r["sentiment_acc_positive"] <= 1 and 0 <= r["self_bleu4"] <= 1 and r["forward_ppl"] > 1
-    assert r["recon_token_acc"] is not None
+    assert r["recon_token_acc"] is not None and -1 <= r["recon_cos"] <= 1 and r["recon_sentiment_kept"] >= 0
     # the same judge and LM are reused (cached) and the same seed gives the same figures
     again = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--n", "60", "--json")
     assert {k: again[k] for k in KEYS} == {k: r[k] for k in KEYS}
+
+
+def test_a_perfect_reconstruction_scores_one(capsys, tiny_model_dir, monkeypatch):
+    # An autoencoder that gives every source back word for word: BLEU-4 1, the same code, the same
+    # sentiment as the judge reads in the sources.
+    from reviewgan.autoencoder import Autoencoder
+    codes = Autoencoder.codes
+
+    def remember(self, batch):
+        self._sources = [ids[:n - 1].tolist() for ids, n in zip(batch[0], batch[1])]  # without [END]
+        return codes(self, batch)
+
+    generate = Autoencoder.generate
+
+    def give_back(self, code, max_len, **kw):  # the reconstructions; generation as it is
+        sources = self.__dict__.pop("_sources", None)
+        return (sources, [True] * len(code)) if sources is not None else generate(self, code, max_len, **kw)
+
+    monkeypatch.setattr(Autoencoder, "codes", remember)
+    monkeypatch.setattr(Autoencoder, "generate", give_back)
+    r = run_json(capsys, "evaluate", "--model", str(tiny_model_dir), "--n", "20", "--json")
+    assert r["recon_bleu4"] > 0.99 and r["recon_cos"] > 0.999 and r["recon_sentiment_kept"] == pytest.approx(1.0)
 
 
 def test_saved_reviews_measure_the_same_elsewhere(capsys, tiny_model_dir, tmp_path):
@@ -46,7 +68,7 @@ def test_saved_reviews_measure_the_same_elsewhere(capsys, tiny_model_dir, tmp_pa
     for name in ("config.json", "tokenizer.json"):
         (spec / name).write_bytes((tiny_model_dir / name).read_bytes())
     b = run_json(capsys, "evaluate", "--model", str(spec), "--samples", str(saved), "--json")
-    text_keys = [k for k in KEYS if k != "recon_token_acc"]
+    text_keys = [k for k in KEYS if not k.startswith("recon_")]
     assert {k: b[k] for k in text_keys} == {k: a[k] for k in text_keys}
     assert b["recon_token_acc"] is None and "weights" in b["notes"]["recon_token_acc"]
     saved.write_text('{"sentiment": "neutral", "text": "x"}\n')

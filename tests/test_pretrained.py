@@ -369,3 +369,62 @@ def test_loading_shows_no_third_party_progress_bars(pretrained_dir, tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() and "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
+
+
+def test_cancelled_requests_leave_the_batch_and_the_others_are_unchanged(pretrained_dir, monkeypatch):
+    # The server's cancellation (ReviewGAN.generate_batch's `cancelled`): a request cancelled mid-batch
+    # leaves the KV-cache batch between steps, a chunk cancelled whole is never decoded, and the other
+    # requests write what they write without it (float32: a smaller batch cannot round a token otherwise).
+    import reviewgan.pretrained as P
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32
+
+    def requests():
+        return [model.request(s, n=3, seed=i, greedy=False, temperature=1.0)
+                for i, s in enumerate(("positive", "negative", "positive"))]
+
+    sizes, chunks = [], []  # rows at each decoding step; rows of each chunk decoded
+    hidden = model.autoencoder.lm.hidden
+    monkeypatch.setattr(model.autoencoder.lm, "hidden", lambda x, **kw: (sizes.append(x.size(0)), hidden(x, **kw))[1])
+    model.autoencoder.memory.register_forward_hook(lambda m, args, out: chunks.append(args[0].size(0)))
+    whole = model.generate_batch(requests())
+    whole_sizes = list(sizes)
+    sizes.clear()
+    cut = model.generate_batch(requests(), cancelled=lambda: {1} if len(sizes) >= 2 else set())  # after two steps
+    assert cut[1] is None and cut[0] == whole[0] and cut[2] == whole[2]
+    # from the third step on, request 1's rows still writing in the whole run are gone
+    lengths = [r.tokens for r in whole[1]]  # steps each of its rows was in the batch
+    assert max(lengths) > 2  # (else nothing would be left to cut)
+    expected = [n - (t >= 2) * sum(k > t for k in lengths) for t, n in enumerate(whole_sizes)]
+    while expected and expected[-1] == 0:
+        expected.pop()
+    assert sizes == expected
+    monkeypatch.setattr(P, "DECODE_ROWS", 3)  # one chunk per request
+    chunks.clear()
+    skipped = model.generate_batch(requests(), cancelled=lambda: {1})
+    assert chunks == [3, 3] and skipped == [whole[0], None, whole[2]]
+
+
+def test_the_same_weights_compute_in_either_precision(pretrained_dir):
+    # float32 is the reference the bf16 path is compared with: the same folder loads in both, every
+    # frozen weight, the KV cache and the screen's reader follow the choice, and the logits agree
+    # within bf16's rounding.
+    models = {d: ReviewGAN.from_pretrained(pretrained_dir, dtype=d) for d in ("fp32", "bf16")}
+    codes = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    logits = {}
+    for d, model in models.items():
+        lm, want = model.autoencoder.lm, {"fp32": torch.float32, "bf16": torch.bfloat16}[d]
+        assert lm.dtype == want and lm.embed_tokens.weight.dtype == want
+        assert {p.dtype for n, p in lm.named_parameters() if n.endswith("proj.weight")} == {want}
+        assert lm.new_cache(2, 8).k[0].dtype == want
+        memory, offset = model.autoencoder.memory(codes)
+        x = lm.embed(torch.full((4, 1), model.autoencoder.tokenizer.start_id)) + offset
+        with torch.no_grad():
+            logits[d] = lm.logits(lm.hidden(x, memory=memory)).float()
+        model.autoencoder.read_texts(["The Film Was Great."])
+        assert model.autoencoder._reading.dtype == want
+        assert len(model.generate("positive", n=3, seed=0)) == 3
+    ref, low = logits["fp32"], logits["bf16"]
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+    assert torch.nn.functional.cosine_similarity(low, ref, dim=-1).min() > 0.999

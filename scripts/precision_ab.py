@@ -4,7 +4,8 @@ training in bf16 and in float32, with each precision's matmul ceiling.
     python scripts/precision_ab.py                                # this CPU as it is
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python scripts/precision_ab.py  # as a CPU without native bf16
 
-Prints one JSON line; `auto` says which precision reviewgan picks here.
+Prints one JSON line; `auto` says which precision reviewgan picks here, `ae_speedup_auto` what
+`bench` reports as ae_speedup there (the optimised path against the float32 padded baseline).
 """
 
 import json
@@ -34,4 +35,7 @@ for name in ("bf16", "fp32"):
     precision.prefer(name)  # bench_pretrained's optimised path runs in the preferred precision
     out[f"ae_tokens_per_s_{name}"] = round(bench_pretrained(cfg, True, 6)["tokens_per_s"], 1)
     precision.prefer("auto")
+# bench's ae_speedup at the precision auto picks: the optimised path against the fp32 padded baseline
+out["ae_baseline_tokens_per_s"] = round(bench_pretrained(cfg, False, 4)["tokens_per_s"], 1)
+out["ae_speedup_auto"] = round(out[f"ae_tokens_per_s_{out['auto']}"] / out["ae_baseline_tokens_per_s"], 2)
 print(json.dumps(out))

@@ -421,6 +421,14 @@ def rows_of(x, rows, batch: int):
     return x[rows] if torch.is_tensor(x) and x.dim() > 0 and x.size(0) == batch else x
 
 
+def drop_rows(drop, rows):
+    """A decoding loop's `drop` (decode_loop) for a batch made of some of its rows (a slice or an index
+    tensor): a chunk of a large batch, or the screen's redraws. None stays None."""
+    if drop is None:
+        return None
+    return lambda: (lambda gone: None if gone is None else gone[rows])(drop())
+
+
 NUCLEUS_K = 256  # candidates sample_nucleus looks at before it falls back to sorting a row whole
 
 

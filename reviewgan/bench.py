@@ -3,7 +3,8 @@ straightforward implementation, measured in the same run (ratios are what to com
 timings on shared machines are noisy).
 
 - autoencoder training: real (non-padding) tokens/s; optimised = length-bucketed batches + the
-  machine's compute precision (bf16 autocast where bf16 is native, precision.py) + fused Adam + `Autoencoder.loss` (encoder runs between distinct lengths instead of
+  machine's compute precision (bf16 autocast where bf16 is native, precision.py) + fused Adam +
+  `Autoencoder.loss` (encoder runs between distinct lengths instead of
   packing, loss without gathering real positions); baseline = fp32, every batch padded to max_len,
   random batches, plain Adam, the straightforward loss (packed encoder, logits selected by mask)
 - GAN training: iterations/s (n_critic critic steps + 1 generator step, gradient penalty, 40 x 100 blocks);
@@ -257,16 +258,15 @@ def straightforward_pretrained_loss(ae, ids, lengths, labels, codes):
 
 def bench_pretrained(cfg: Config, optimised: bool, steps: int, device=torch.device("cpu")) -> dict:
     """Stage-1 training of the pretrained decoder: real tokens/s. optimised = frozen base weights in the
-    machine's compute precision (bf16 where it is native, else float32), length-bucketed batches, the blockwise loss (`PretrainedAutoencoder.loss`); baseline = float32
+    machine's compute precision (bf16 where it is native, else float32), length-bucketed batches, the
+    blockwise loss (`PretrainedAutoencoder.loss`); baseline = float32
     weights, random batches padded to max_len, float32 logits and F.cross_entropy. Synthetic token ids
     of IMDB chunks' lengths and random unit codes: speed does not depend on what the ids say."""
     from .base import load_base
     from .pretrained import PretrainedAutoencoder
     torch.manual_seed(0)
     base = load_base(cfg.ae.base)
-    if not optimised:
-        base.weights = {k: v.float() for k, v in base.weights.items()}
-    dtype = compute_dtype("auto", device) if optimised else torch.float32
+    dtype = compute_dtype("auto", device) if optimised else torch.float32  # the base is cast to it (set_dtype)
     ae = PretrainedAutoencoder(cfg.ae, base, dtype=dtype).to(device).train()
     opt = torch.optim.Adam(ae.param_groups(), lr=1e-4, fused=True)
     units = synthetic_units(cfg, 16 * cfg.ae.batch_size, mean=24, sd=6, vocab=base.shape.vocab_size,

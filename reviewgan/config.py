@@ -165,9 +165,11 @@ class Config:
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a table")
             for key, value in values.items():
-                if (section, key) == ("train", "amp") and "dtype" not in values:
+                if (section, key) == ("train", "amp"):  # train.dtype's older name
+                    if "dtype" in values:
+                        continue
                     key, value = "dtype", _AMP_TO_DTYPE.get(value, value)
-                if (section, key) not in RETIRED and (section, key) != ("train", "amp"):
+                if (section, key) not in RETIRED:
                     _set_field(getattr(cfg, section), section, key, value)
         cfg.validate()
         return cfg

@@ -99,7 +99,7 @@ class MiniLM:
         self.w = {k: v.float() if "LayerNorm" in k else v.to(dtype)
                   for k, v in load_file(str(_embedder_dir() / "model.safetensors")).items()
                   if not k.startswith("pooler.") and k != "embeddings.position_ids"}
-        self.dtype, self.bf16 = dtype, bf16
+        self.dtype = dtype
         self.batch_size, self.heads, self.torch = batch_size, 12, torch
 
     def _forward(self, ids, mask):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .autoencoder import Autoencoder
+from .autoencoder import Autoencoder, drop_rows
 from .base import Base, load_base
 from .checkpoint import READER_FILE, ModelError, check_header, load_weights, read_model_config, stage1_file
 from .config import RANGES, Config, ConfigError
@@ -201,11 +201,6 @@ def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Ten
     return drop
 
 
-def _subset(drop: Callable, rows: torch.Tensor) -> Callable:
-    """`drop` for a batch made of some of its rows."""
-    return lambda: (lambda gone: None if gone is None else gone[rows])(drop())
-
-
 def _live(drop: Callable | None) -> torch.Tensor | None:
     """(B,) bools of the rows `drop` has not dropped; None when there is no drop or it drops none."""
     gone = None if drop is None else drop()
@@ -375,6 +370,7 @@ class ReviewGAN:
         """
         dev, max_len = self.device, max(r.max_len for r in requests)
         counts = [rows or r.n for r in requests]
+        # owner (B,): each row's request
         owner = torch.repeat_interleave(torch.arange(len(requests), device=dev), torch.tensor(counts, device=dev))
         drop = None if cancelled is None else _rows_of_requests(cancelled, owner)
         z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
@@ -395,7 +391,7 @@ class ReviewGAN:
             to_decoder = 1 - labels if swap else labels
             ids, ended = self._decode_noise(torch.cat(z), labels, to_decoder, max_len, kw, drop)
             if self.screens:
-                ids, ended = self._screen(requests, counts, labels, to_decoder, ids, ended, max_len, kw, drop)
+                ids, ended = self._screen(requests, owner, labels, to_decoder, ids, ended, max_len, kw, drop)
         gone = set(cancelled()) if cancelled is not None else set()
         out, i = [], 0
         for k, (r, b) in enumerate(zip(requests, counts)):
@@ -433,7 +429,7 @@ class ReviewGAN:
         """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
         return not self.is_lm and self.cfg.sample.screen > 0
 
-    def _screen(self, requests, counts, labels, to_decoder, ids, ended, max_len, kw, drop=None):
+    def _screen(self, requests, owner, labels, to_decoder, ids, ended, max_len, kw, drop=None):
         """sample.screen: each review is encoded back into a code and read by the model's Reader; one
         that reads as its requested sentiment with a probability below sample.screen is drawn again
         (new noise, new sampling numbers), up to sample.screen_tries draws in all, and the draw read
@@ -442,8 +438,7 @@ class ReviewGAN:
         its first draws: a request's reviews still depend on the request alone. Rows that `drop` (the
         decoder's) says have left are neither read nor drawn again."""
         s = self.cfg.sample
-        ids, ended = list(ids), list(ended)
-        owner = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))  # each row's request
+        ids, ended = list(ids), list(ended)  # owner (B,): each row's request
         cut = [requests[i].max_len for i in owner.tolist()]
         score = self._reads_as(ids, cut, labels, _live(drop))
         for _ in range(s.screen_tries - 1):
@@ -461,7 +456,7 @@ class ReviewGAN:
                     u.append(self._uniforms(r, k, max_len))
             again = dict(greedy=kw["greedy"][redo], temperature=kw["temperature"][redo], top_p=kw["top_p"][redo],
                          uniforms=torch.cat(u))
-            sub = None if drop is None else _subset(drop, redo)
+            sub = drop_rows(drop, redo)
             new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again, sub)
             new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo], _live(sub))
             for j, row in enumerate(redo.tolist()):
@@ -582,8 +577,9 @@ class ReviewGAN:
         fit on the codes of every training unit (gan.fit_reader), and on held-out validation chunks it
         is calibrated (for the bundled model, of the chunks it gives 0.8-0.9, 0.84 are positive; of those
         at 0.3-0.4, 0.38; expected calibration error 0.034; only below 0.2 is it too sure, 0.28 positive:
-        docs/RESULTS.md). Off real reviews it is not, which why_unclear's word counts are for. A model without a reader (trained before 0.6.0) is
-        read by the side of the generator's class means its codes lie on, with no probability."""
+        docs/RESULTS.md). Off real reviews it is not, which why_unclear's word counts are for. A model
+        without a reader (trained before 0.6.0) is read by the side of the generator's class means its
+        codes lie on, with no probability."""
         self._need_generator("reading a sentiment")
         if self.reader is None:
             labels, ps = read_sentiment(codes, self.class_means()).tolist(), [None] * len(read)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .autoencoder import output_loss, rows_of, sample_nucleus
+from .autoencoder import drop_rows, output_loss, rows_of, sample_nucleus
 from .base import Base, cache_root
 from .config import AEConfig
 from .llama import Llama, LlamaShape
@@ -219,7 +219,7 @@ class PretrainedAutoencoder(nn.Module):
     def read_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
         """Codes of decoded reviews for generation's screen: the embedder written out and run in the
         decoder's precision (embedder.MiniLM), cosine >= 0.9999 to encode_texts' codes."""
-        if self._reading is None or self._reading.bf16 != (self.lm.dtype == torch.bfloat16):
+        if self._reading is None or self._reading.dtype != self.lm.dtype:
             from .embedder import MiniLM
             self._reading = MiniLM(bf16=self.lm.dtype == torch.bfloat16)
         return torch.as_tensor(self._reading.encode(texts), dtype=torch.float32, device=device)
@@ -259,7 +259,7 @@ class PretrainedAutoencoder(nn.Module):
             part = slice(s, s + DECODE_ROWS)
             r, e = self._generate(codes[part], max_len, rows_of(greedy, part, B), rows_of(temperature, part, B),
                                   rows_of(top_p, part, B), generator, rows_of(uniforms, part, B),
-                                  steer[part] if steer is not None else None, _part(drop, part))
+                                  steer[part] if steer is not None else None, drop_rows(drop, part))
             rows += r
             ended += e
             release_free_memory()
@@ -322,11 +322,6 @@ class PretrainedAutoencoder(nn.Module):
         for r, e in zip(out.tolist(), ended.tolist()):
             rows.append(r[:r.index(tok.end_id)] if e else r)
         return rows, ended.tolist()
-
-
-def _part(drop, part: slice):
-    """`drop` for one chunk of rows."""
-    return None if drop is None else lambda: (lambda gone: None if gone is None else gone[part])(drop())
 
 
 def sample_softmax_(logits: torch.Tensor, temperature, generator=None, u=None) -> torch.Tensor:

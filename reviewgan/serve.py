@@ -170,11 +170,6 @@ class Batcher:
     def close(self) -> None:
         self.queue.put(None)
 
-    def expected_wait(self) -> float:
-        """Seconds the work waiting or running now is expected to take: what new work waits for."""
-        with self.lock:
-            return self._wait()
-
     def stats(self) -> dict:
         with self.lock:
             return {"queued_reviews": self.waiting_rows, "decoding_reviews": self.running_rows,

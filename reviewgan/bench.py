@@ -417,7 +417,7 @@ def run_bench(quick: bool = False, preset: str = "default", log=print, device: s
     """Every figure, in one run. overrides: `section.key=value` changes to the preset, to measure a
     variant of its recipe (e.g. `ae.batch_size=256`); recorded in the result. model_dir: time
     generation with this trained model (its reviews end when they end) instead of an untrained one."""
-    from .model import resolve_device
+    from .records import resolve_device
     cfg = apply_overrides(load_preset(preset), list(overrides))
     dev = resolve_device(device)
     if cfg.train.threads:

@@ -46,7 +46,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .model import MAX_GENERATE, ReviewGAN
+    from .model import ReviewGAN
+    from .records import MAX_GENERATE
     if args.sentiment not in ("positive", "negative", "both"):
         raise ValueError(f"unknown sentiment {args.sentiment!r} (use positive, negative or both)")
     if not 1 <= args.n <= MAX_GENERATE:
@@ -149,7 +150,7 @@ def cmd_stats(args) -> int:
 
 def parse_settings(text: str | None) -> dict | None:
     """--strengths "mean=0.5,1,2;invert=1" -> {"mean": (0.5, 1.0, 2.0), "invert": (1.0,)}."""
-    from .model import STRENGTH
+    from .records import STRENGTH
     from .rewrite import METHODS
     if text is None:
         return None
@@ -186,13 +187,15 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--n must be at least 2")
     if args.rewrite:
         from .evaluate import evaluate_rewrite
-        from .report import rewrite_table
+        from .report import rewrite_table, write_rewrite_report
         if args.real or args.sweep or args.samples:
             raise ValueError("--rewrite measures rewrites of real reviews: it does not combine with --real, "
                              "--sweep or --samples")
         result = evaluate_rewrite(args.model, n=args.n, seed=args.seed, settings=parse_settings(args.strengths),
-                                  out=args.out, log=lambda m: print(m, file=sys.stderr), temperature=args.temperature,
+                                  log=lambda m: print(m, file=sys.stderr), temperature=args.temperature,
                                   greedy=True if args.greedy else None, copies=parse_copies(args.copy))
+        if args.out:
+            write_rewrite_report(result, args.out)
         print(json.dumps(result) if args.json else rewrite_table(result))
         return 0
     if args.sweep:

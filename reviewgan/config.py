@@ -2,7 +2,7 @@
 
 The dataclass defaults are reviewgan's own recipe: `default.toml` sets nothing else, and every
 other preset lists only what differs from them (`paper.toml`: the paper's values, with the section
-of the paper each comes from). docs/RESULTS.md measures the choices.
+of the paper each comes from). docs/RESULTS.md and docs/PAPER.md measure the choices.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ from . import metrics as M
 from .autoencoder import evaluate_autoencoder
 from .config import Config, apply_overrides
 from .data import SENTIMENTS
-from .model import COPY, ModelError, Review, ReviewGAN, check_number, default_model_dir, load_spec
+from .checkpoint import ModelError
+from .model import ReviewGAN, default_model_dir, load_spec
+from .records import COPY, Review, check_number
 from .tokenizer import END, Tokenizer
 from .units import Data, Units, prepare_data
 
@@ -144,7 +146,6 @@ def load_scorer(cfg: Config, notes: dict, log=print):
     """The base-LM perplexity yardstick: the model's own base for the pretrained family, else the
     registered default base (when it is installed)."""
     from .base import load_base
-    from .checkpoint import ModelError
     try:
         return M.BaseLMScorer(load_base(cfg.ae.base if cfg.ae.family == "pretrained" else "smollm2-135m", log=log))
     except ModelError as e:
@@ -325,7 +326,7 @@ REWRITE_STRENGTHS = {"mean": (0.0, 1.0, 2.0, 3.0, 4.0), "invert": (1.5, 3.0)}
 
 
 def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | None = None, log=print,
-                     embedder="auto", scorer="auto", out=None, temperature: float | None = None,
+                     embedder="auto", scorer="auto", temperature: float | None = None,
                      greedy: bool | None = None, copies: tuple | None = None) -> dict:
     """Flip n held-out real chunks (half of each sentiment, from the test split the judge never saw)
     into the other sentiment, at each (method, strength) of `settings` (default REWRITE_STRENGTHS and
@@ -338,7 +339,7 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
     source_cosine: MiniLM cosine to the source; identical_frac: rewrites equal to their source (up to
     case and spacing); base_ppl against base_ppl_real (the sources'); mauve against real chunks of the
     validation split. `temperature`, `greedy`: decode the rewrites so instead of by the model's
-    `rewrite` defaults. `out`: write rewrite.json, rewrite.md and rewrite_trade.png there."""
+    `rewrite` defaults. report.write_rewrite_report writes the result out."""
     t0 = time.perf_counter()
     if copies is not None:
         copies = tuple(check_number(c, "copy", *COPY) for c in copies)
@@ -418,12 +419,4 @@ def evaluate_rewrite(model_dir, n: int = 1000, seed: int = 0, settings: dict | N
               "examples": [e for e, y in zip(examples, labels) if y == 1][:5]
               + [e for e, y in zip(examples, labels) if y == 0][:5], "notes": notes,
               "seconds": round(time.perf_counter() - t0, 1)}
-    if out is not None:
-        from .plots import rewrite_trade
-        from .report import rewrite_table
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "rewrite.json").write_text(json.dumps(result, indent=2))
-        (out / "rewrite.md").write_text(rewrite_table(result) + "\n")
-        rewrite_trade(result, out / "rewrite_trade.png")
     return result

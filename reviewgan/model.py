@@ -1,16 +1,18 @@
 """The Python API: `ReviewGAN` bundles tokenizer, stage-1 model (either family), generator and critic
-of one model directory.
+of one model directory, loads them, and generates: noise -> generator -> code -> decoder -> review,
+with the screen that reads each review back and draws a vague one again.
 
     from reviewgan import ReviewGAN
     model = ReviewGAN.from_pretrained()             # the bundled model, or a directory from `reviewgan train`
     model.generate("positive", n=3, seed=0)
+
+What it does to texts it is given (rewrite, read, interpolate) is editing.py's; the records it returns
+and the checks on its arguments are records.py's.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,178 +21,17 @@ import torch
 from .autoencoder import Autoencoder, drop_rows
 from .base import Base, load_base
 from .checkpoint import READER_FILE, ModelError, check_header, load_weights, read_model_config, stage1_file
-from .config import RANGES, Config, ConfigError
+from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
+from .editing import Editing
 from .gan import Critic, Generator, Reader
 from .lm import ConditionalLM
 from .precision import compute_dtype
 from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
-from .rewrite import (METHODS, SourceCopy, class_means, fit_length, move, path_between, push, read_sentiment,
-                      why_unclear)
+from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
+                      resolve_device, seeded_generator)
+from .rewrite import class_means, push
 from .tokenizer import Tokenizer
-from .units import encode_unit
-
-MAX_GENERATE = 100_000  # per call; more is almost certainly a typo
-MAX_REWRITE = 10_000  # texts per rewrite call
-MAX_STEPS = 50  # codes per interpolation
-REWRITE_TARGETS = ("positive", "negative", "flip")
-
-
-@dataclass
-class Request:
-    """One validated generation request (see ReviewGAN.request)."""
-    label: int
-    n: int
-    generator: torch.Generator
-    greedy: bool
-    temperature: float
-    top_p: float
-    max_len: int
-
-
-@dataclass
-class Review:
-    sentiment: str
-    text: str
-    tokens: int
-    ended: bool
-
-    def to_dict(self) -> dict:
-        return {"sentiment": self.sentiment, "text": self.text, "tokens": self.tokens, "ended": self.ended}
-
-
-@dataclass
-class Rewrite:
-    """One review rewritten: `source` as given, `text` the rewrite, `sentiment_from` what the source
-    was taken to be (given, or the model's reading, which `note` then says), `to` the target.
-    When the model read the source's sentiment: `p_positive`, its reader's probability that the
-    source is positive (None for a model without a reader), and `unclear`, whether the model cannot
-    tell (ReviewGAN.read; `note` says why)."""
-    source: str
-    text: str
-    sentiment_from: str
-    to: str
-    note: str | None = None
-    read: str | None = None  # the part of the source the model read, when it was cut to fit
-    p_positive: float | None = None
-    unclear: bool | None = None  # None: the source's sentiment was given, not read
-
-    def to_dict(self) -> dict:
-        d = {"source": self.source, "text": self.text, "from": self.sentiment_from, "to": self.to}
-        if self.note:
-            d["note"] = self.note
-        if self.read is not None:
-            d["read"] = self.read
-        if self.p_positive is not None:
-            d["p_positive"] = self.p_positive
-        if self.unclear is not None:
-            d["unclear"] = self.unclear
-        return d
-
-
-@dataclass
-class Reading:
-    """The model's reading of one text's sentiment (ReviewGAN.read)."""
-    sentiment: str
-    p_positive: float | None  # the reader's probability of positive; None for a model without a reader
-    unclear: str | None = None  # why the model cannot tell this text's sentiment (rewrite.why_unclear), or None
-
-    def unclear_note(self) -> str:
-        """The reading's doubt in words, e.g. "the model cannot tell this text's sentiment (p_positive 0.52;
-        within 0.15 of 0.5)"."""
-        p = [] if self.p_positive is None else [f"p_positive {self.p_positive:.2f}"]
-        return f"the model cannot tell this text's sentiment ({'; '.join(p + [self.unclear])})"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or auto)")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available")
-    return torch.device(name)
-
-
-# Decoding options a caller may pass, checked alike wherever they enter (CLI, Python, HTTP), within the
-# bounds the config itself allows (config.RANGES). Temperature: below 0.01 the logits / T overflow to a
-# one-token distribution; above 100 it is uniform noise.
-_SAMPLE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "sample"}
-TEMPERATURE, TOP_P, MAX_TOKENS = _SAMPLE["temperature"], _SAMPLE["top_p"], _SAMPLE["max_len"][1]
-_REWRITE = {key: (lo, hi) for section, key, lo, hi in RANGES if section == "rewrite"}
-STRENGTH, COPY = _REWRITE["strength"], _REWRITE["copy"]
-
-
-def check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):  # ints and numpy ints, not 2.7 or "3"
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    value = int(value.__index__())
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def seeded_generator(seed: int, device="cpu") -> torch.Generator:
-    """A torch.Generator for a seed in 0..2**63-1, each seed its own stream.
-
-    manual_seed keeps only the low 32 bits of a seed for the CPU's Mersenne Twister (seeds 0 and 2**32
-    draw the same numbers). Below 2**32 this is manual_seed itself, so those seeds draw what they always
-    have; from 2**32 up, the twister's 624-word state is filled from numpy's SeedSequence of the whole
-    integer (a hash of it), as numpy seeds its own generators. A CUDA generator (Philox) keeps all 64 bits."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    if seed < 2**32 or g.device.type != "cpu":
-        return g
-    # The CPU generator's state (torch 2.x, CPUGeneratorImplStateLegacy): the seed (u64), `left` (i32),
-    # `seeded` (i32), `next` (u64), then the 624 state words, each in a u64. `left` = 1 makes the first
-    # draw regenerate the whole state from these words, as after manual_seed.
-    state = g.get_state().numpy().copy()
-    words = np.random.SeedSequence(seed).generate_state(_MT_WORDS, dtype=np.uint32).astype(np.uint64)
-    state[_MT_OFFSET:_MT_OFFSET + 8 * _MT_WORDS] = words.view(np.uint8)
-    g.set_state(torch.from_numpy(state))
-    return g
-
-
-_MT_WORDS, _MT_OFFSET = 624, 24
-
-
-def check_number(value, name: str, lo: float, hi: float) -> float:
-    """A finite int or float (not a bool, not a string) in [lo, hi] -> float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
-
-
-def check_texts(texts, who: str) -> list[str]:
-    """One string, or a non-empty list or tuple of strings -> a list of them."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"{who} takes a non-empty list of strings")
-    return list(texts)
-
-
-def check_decoding(greedy, temperature, top_p, max_len) -> tuple:
-    """-> (greedy, temperature, top_p, max_len) validated; None stays None (the model's default)."""
-    if greedy is not None and not isinstance(greedy, bool):
-        raise ValueError(f"greedy must be True, False or None, got {greedy!r}")
-    if temperature is not None:
-        temperature = check_number(temperature, "temperature", *TEMPERATURE)
-    if top_p is not None:
-        top_p = check_number(top_p, "top_p", *TOP_P)
-    if max_len is not None:
-        max_len = check_int(max_len, "max_len", 1, MAX_TOKENS)
-    return greedy, temperature, top_p, max_len
-
-
-def parse_sentiment(sentiment) -> int:
-    if isinstance(sentiment, str) and sentiment.lower() in SENTIMENTS:
-        return SENTIMENTS.index(sentiment.lower())
-    if sentiment in (0, 1) and not isinstance(sentiment, bool):
-        return int(sentiment)
-    raise ValueError(f"unknown sentiment {sentiment!r} (use positive or negative)")
-
 
 def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Tensor) -> Callable:
     """A batch's `cancelled() -> request indices` as the decoders' `drop() -> (B,) bools or None`:
@@ -253,7 +94,7 @@ def load_spec(path: Path) -> tuple[Config, Tokenizer, dict]:
     return cfg, tokenizer, meta
 
 
-class ReviewGAN:
+class ReviewGAN(Editing):
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: Autoencoder,
                  generator: Generator | None = None, critic: Critic | None = None, device="cpu", path=None,
                  reader: Reader | None = None):
@@ -526,26 +367,6 @@ class ReviewGAN:
 
     # ------------------------------------------------------------------ moving codes (rewrite.py)
 
-    def _sources(self, texts, who: str) -> tuple[list[str], list[str | None]]:
-        """Texts as given -> (cleaned texts cut to the model's length, a note for each cut one)."""
-        texts = check_texts(texts, who)
-        if len(texts) > MAX_REWRITE:
-            raise ValueError(f"at most {MAX_REWRITE} texts per call, got {len(texts)}")
-        limit = self.cfg.data.max_len - 1  # the training length, [END] excluded
-        count = lambda t: len(self.tokenizer.encode(t))  # noqa: E731
-        read, notes = [], []
-        for i, t in enumerate(texts, 1):
-            where = "" if len(texts) == 1 else f"text {i}: "
-            if not t.strip():
-                raise ValueError(f"{where}the text is empty")
-            cleaned = clean_text(t, self.cfg.data.lowercase)
-            if not cleaned:
-                raise ValueError(f"{where}the text is empty after cleaning (markup or control characters only)")
-            fitted, note = fit_length(cleaned, count, limit)
-            read.append(fitted)
-            notes.append(note)
-        return read, notes
-
     def _need_generator(self, what: str) -> None:
         if self.is_lm:
             raise ModelError(f"the LM baseline has no codes: {what} needs a GAN model")
@@ -558,139 +379,3 @@ class ReviewGAN:
         if self._means is None:
             self._means = class_means(self.generator)
         return self._means
-
-    def read(self, texts) -> list[Reading]:
-        """The model's own reading of each text's sentiment: its reader's p_positive, and whether it
-        cannot tell (a Reading each; see _read)."""
-        read, _ = self._sources(texts, "read")
-        return self._read(read, self._codes(read))
-
-    def read_sentiment(self, texts) -> list[str]:
-        """The model's own reading of texts: 'positive' or 'negative' each (read)."""
-        return [r.sentiment for r in self.read(texts)]
-
-    def _read(self, read: list[str], codes: torch.Tensor) -> list[Reading]:
-        """Cleaned texts and their codes (N, C) -> a Reading each: positive when the reader's p_positive
-        is above 0.5, and why the model cannot tell, if it cannot (rewrite.why_unclear).
-
-        The reader's probability can be taken at its word on real reviews: it is a logistic regression
-        fit on the codes of every training unit (gan.fit_reader), and on held-out validation chunks it
-        is calibrated (for the bundled model, of the chunks it gives 0.8-0.9, 0.84 are positive; of those
-        at 0.3-0.4, 0.38; expected calibration error 0.034; only below 0.2 is it too sure, 0.28 positive:
-        docs/RESULTS.md). Off real reviews it is not, which why_unclear's word counts are for. A model
-        without a reader (trained before 0.6.0) is read by the side of the generator's class means its
-        codes lie on, with no probability."""
-        self._need_generator("reading a sentiment")
-        if self.reader is None:
-            labels, ps = read_sentiment(codes, self.class_means()).tolist(), [None] * len(read)
-        else:
-            with torch.no_grad():
-                ps = self.reader(codes).tolist()
-            labels = [int(p > 0.5) for p in ps]
-        rc = self.cfg.rewrite
-        return [Reading(SENTIMENTS[y], None if p is None else round(p, 4),
-                        why_unclear(t, p, rc.unclear_band, rc.min_words, rc.min_distinct))
-                for t, y, p in zip(read, labels, ps)]
-
-    def _codes(self, read: list[str]) -> torch.Tensor:
-        return self.autoencoder.encode_texts(read, self.tokenizer, self.cfg.data.max_len, self.device)
-
-    def rewrite_decoding(self, greedy=None, temperature=None, top_p=None) -> tuple[bool, float, float]:
-        """How rewrites and interpolations are decoded: the config's `rewrite` section, unless told
-        otherwise (a temperature or top_p asked for implies sampling). -> (greedy, temperature, top_p)."""
-        greedy, temperature, top_p, _ = check_decoding(greedy, temperature, top_p, None)
-        rc = self.cfg.rewrite
-        if greedy is None:
-            greedy = rc.greedy and temperature is None and top_p is None
-        return greedy, rc.temperature if temperature is None else temperature, 1.0 if top_p is None else top_p
-
-    def _decode_codes(self, codes, labels, greedy, temperature, top_p, g, steer=None) -> list[str]:
-        max_len = self.cfg.sample.max_len or self.cfg.data.max_len
-        rows, ended = self.autoencoder.generate(codes, max_len, greedy, temperature, top_p, g,
-                                                labels if self.decoder_takes_sentiment else None, steer=steer)
-        return [self.tokenizer.decode(r) for r in rows]
-
-    def rewrite(self, texts, to="flip", strength: float | None = None, sentiments=None, method: str | None = None,
-                seed: int = 0, greedy: bool | None = None, temperature: float | None = None,
-                top_p: float | None = None, copy: float | None = None) -> list[Rewrite]:
-        """Rewrite reviews into a sentiment: encode each, move its code (rewrite.py), decode it.
-
-        to: positive, negative or flip (each into the other sentiment). sentiments: the sources' own
-        sentiments, one per text (None for any the model should read itself, which the record's note
-        says). strength, method: how far and how the code moves; copy: how strongly the decoder
-        is drawn to continue the source's runs of words (rewrite.SourceCopy; 0: the moved code decoded
-        alone); decoding: the config's `rewrite` section unless given (rewrite_decoding). Same seed,
-        same rewrites. A text longer than the model's length is cut at a sentence boundary (noted).
-        """
-        self._need_generator("rewrite")
-        if not isinstance(to, str) or to.lower() not in REWRITE_TARGETS:
-            raise ValueError(f"unknown target {to!r} (use positive, negative or flip)")
-        rc = self.cfg.rewrite
-        method = rc.method if method is None else method
-        if method not in METHODS:
-            raise ValueError(f"unknown rewrite method {method!r} (use {' or '.join(METHODS)})")
-        strength = check_number(rc.strength if strength is None else strength, "strength", *STRENGTH)
-        copy = check_number(rc.copy if copy is None else copy, "copy", *COPY)
-        decoding = self.rewrite_decoding(greedy, temperature, top_p)
-        seed = check_int(seed, "seed", 0, 2**63 - 1)
-        read, notes = self._sources(texts, "rewrite")
-        originals = [texts] if isinstance(texts, str) else texts
-        given = [None] * len(read) if sentiments is None else list(sentiments)
-        if len(given) != len(read):
-            raise ValueError(f"sentiments: {len(given)} given for {len(read)} texts")
-        codes = self._codes(read)
-        own = self._read(read, codes)
-        src = [SENTIMENTS.index(own[i].sentiment) if s is None else parse_sentiment(s) for i, s in enumerate(given)]
-        for i, r in enumerate(own):  # flip guesses no sentiment the model cannot tell
-            if to.lower() == "flip" and given[i] is None and r.unclear:
-                where = "" if len(read) == 1 else f"text {i + 1}: "
-                raise ValueError(f"{where}{r.unclear_note()}: give the source's sentiment to flip it, or ask for "
-                                 "positive or negative")
-        dst = [1 - y if to.lower() == "flip" else SENTIMENTS.index(to.lower()) for y in src]
-        g = seeded_generator(seed, self.device)
-        src_t, dst_t = (torch.tensor(x, dtype=torch.long, device=self.device) for x in (src, dst))
-        moved = move(codes, src_t, dst_t, strength, method, self.generator, self.autoencoder.code_kind,
-                     self.class_means(), rc.invert_steps, g)
-        steer = None
-        if copy:
-            tok = self.tokenizer  # special tokens are never copied: an unknown word is not worth writing
-            skip = {tok.pad_id, tok.start_id, tok.end_id, getattr(tok, "unk_id", None), *getattr(tok, "special_ids", ())}
-            # the source as the decoder learnt units: a glued decoder writes "end.The", so copies "The"
-            spaced = self.cfg.data.spaced_sentences
-            steer = SourceCopy([[i for i in encode_unit(tok, t, spaced) if i not in skip] for t in read], copy,
-                               self.device)
-        out = self._decode_codes(moved, dst_t, *decoding, g, steer)
-        records = []
-        for i, (orig, fitted, text) in enumerate(zip(originals, read, out)):
-            parts = [notes[i]] if notes[i] else []
-            r = own[i] if given[i] is None else None
-            if r is not None:
-                p = "" if r.p_positive is None else f", p_positive {r.p_positive:.2f}"
-                parts.append(f"{r.unclear_note()}: read as {r.sentiment}" if r.unclear else
-                             f"the source's sentiment is the model's reading ({r.sentiment}{p})")
-            if src[i] == dst[i]:
-                parts.append(f"already {SENTIMENTS[dst[i]]}: its code is decoded unmoved")
-            records.append(Rewrite(orig, text, SENTIMENTS[src[i]], SENTIMENTS[dst[i]], "; ".join(parts) or None,
-                                   fitted if notes[i] else None, None if r is None else r.p_positive,
-                                   None if r is None else bool(r.unclear)))
-        return records
-
-    def interpolate(self, a: str, b: str, steps: int = 5, greedy: bool | None = None, seed: int = 0) -> list[str]:
-        """Decode `steps` evenly spaced codes from review a's to review b's (along the sphere for
-        unit-length codes), ends included, decoded as rewrites are (the config's `rewrite` section,
-        unless greedy is given). A decoder that takes a sentiment gets the model's reading of the
-        nearer end."""
-        if self.is_lm:
-            raise ModelError("the LM baseline has no codes: interpolate needs a GAN model")
-        steps = check_int(steps, "steps", 2, MAX_STEPS)
-        decoding = self.rewrite_decoding(greedy)
-        read, _ = self._sources([a, b], "interpolate")
-        ends = self._codes(read)
-        codes = path_between(ends[0], ends[1], steps, self.autoencoder.code_kind)
-        labels = None
-        if self.decoder_takes_sentiment:
-            self._need_generator("interpolate with a sentiment-conditioned decoder")
-            y = torch.tensor([SENTIMENTS.index(r.sentiment) for r in self._read(read, ends)], device=self.device)
-            labels = torch.where(torch.linspace(0, 1, steps, device=self.device) < 0.5, y[0], y[1])
-        g = seeded_generator(check_int(seed, "seed", 0, 2**63 - 1), self.device)
-        return self._decode_codes(codes, labels, *decoding, g)

@@ -11,6 +11,7 @@ import torch
 from . import plots
 from .config import Config
 from .data import load_records, sentences_of
+from .evaluate import yardsticks
 from .units import length_stats, prepare_data
 
 # Rows of the comparison table: (key, label, format). Keys follow `reviewgan evaluate --json`.
@@ -84,7 +85,6 @@ def write_report(result: dict, out: Path, model=None, real: dict | None = None) 
 @torch.no_grad()
 def codes_plot(model, path: Path, n: int = 600) -> None:
     """PCA of real test codes and generated codes, coloured by sentiment (the paper's Figure 8)."""
-    from .evaluate import yardsticks
     ys = yardsticks(model.cfg, model.tokenizer, log=lambda m: None)
     units = ys.data.units["test"]
     units = units.subset(range(min(n, len(units))))
@@ -120,6 +120,15 @@ REWRITE_COLUMNS = [
     ("rep4_frac", "rep. 4-gram ↓", "{:.3f}"), ("base_ppl", "base-LM PPL ↓", "{:.1f}"), ("mauve", "MAUVE", "{:.3f}"),
     ("self_bleu4", "Self-BLEU-4 ↓", "{:.3f}"),
 ]
+
+
+def write_rewrite_report(result: dict, out: Path) -> None:
+    """`evaluate --rewrite --out DIR`: rewrite.json, rewrite.md (rewrite_table) and rewrite_trade.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rewrite.json").write_text(json.dumps(result, indent=2))
+    (out / "rewrite.md").write_text(rewrite_table(result) + "\n")
+    plots.rewrite_trade(result, out / "rewrite_trade.png")
 
 
 def rewrite_table(result: dict) -> str:

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .checkpoint import ModelError
-from .model import Request as GenRequest
+from .records import Request as GenRequest
 from .model import ReviewGAN
 
 MAX_BODY = 16 * 1024  # bytes: a generate request is a few dozen

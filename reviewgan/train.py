@@ -27,7 +27,8 @@ from .data import SENTIMENTS
 from . import gan_fast
 from .gan import ReferenceSteps, clip_weights_, fit_reader
 from .lm import ConditionalLM
-from .model import ReviewGAN, build_models, resolve_device
+from .model import ReviewGAN, build_models
+from .records import resolve_device
 from .precision import compute_dtype
 from .tokenizer import Tokenizer
 from .units import Data, iterate_batches, prepare_data

@@ -1,4 +1,4 @@
-"""Unit tests that would catch every bug NOTES.md lists in the seed's code."""
+"""Unit tests that would catch every bug of the seed's code that docs/PAPER.md lists."""
 
 import pytest
 import torch

@@ -163,7 +163,7 @@ def test_a_config_from_before_spaced_sentences_decodes_as_its_decoder_was_traine
 
 
 def test_the_copy_bonus_reads_the_source_as_the_decoders_units(pretrained_dir, monkeypatch):
-    import reviewgan.model as M
+    import reviewgan.editing as M
     from reviewgan.units import encode_unit
     seen = []
     real = M.SourceCopy

@@ -22,10 +22,10 @@ def main() -> None:
     else:
         model = ReviewGAN.from_pretrained(path)
     print(f"model: {path}\n")
-    for sentiment in ("positive", "negative"):
-        for text in model.generate(sentiment, n=3, seed=0):
+    for k, sentiment in enumerate(("positive", "negative")):  # seeds as `generate --sentiment both --seed 0`
+        for text in model.generate(sentiment, n=3, seed=k):
             print(f"[{sentiment}] {text}")
-    print(f"\nmore: reviewgan generate --model {path} --sentiment both -n 5")
+    print(f"\nthe same reviews: reviewgan generate --model {path} --sentiment both -n 3 --seed 0")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ class Editing:
         for i, r in enumerate(own):  # flip guesses no sentiment the model cannot tell
             if to.lower() == "flip" and given[i] is None and r.unclear:
                 where = "" if len(read) == 1 else f"text {i + 1}: "
-                raise ValueError(f"{where}{r.unclear_note()}: give the source's sentiment to flip it, or ask for "
+                raise ValueError(f"{where}{r.unclear_note()}: give the source's sentiment to flip it (--from; "
+                                 "`sentiment` in JSONL and the HTTP API; sentiments= in Python), or ask for "
                                  "positive or negative")
         dst = [1 - y if to.lower() == "flip" else SENTIMENTS.index(to.lower()) for y in src]
         g = seeded_generator(seed, self.device)

@@ -9,12 +9,13 @@ all-MiniLM-L6-v2's token states (frozen):
     --design perceiver  K latents from one cross-attention of learnt queries over the token states
 
 It logs greedy reconstruction BLEU-4 of 64 validation chunks (and 3 examples) against training
-tokens seen, as JSON lines in --out: the slope of that curve ranks designs. The measurements in
-docs/RESULTS.md ("A code that carries the review"):
+tokens seen, as JSON lines in --out: the slope of that curve ranks designs. With --save DIR it keeps
+the trained parts and Adam's state there at every log, and --resume continues from them (same data
+order). The measurements in docs/RESULTS.md ("A code that carries the review"):
 
     python scripts/code_probe.py --design perceiver --k 8 --d 64 --eval-every 150 --minutes 45 --out perceiver.jsonl
     python scripts/code_probe.py --design tokens --k 48 --d 64 --word-dropout 0.3 --lr 2e-3 --minutes 14 --out tokens.jsonl
-    python scripts/code_probe.py --design tokens --k 48 --d 64 --word-dropout 0.5 --lr 3e-3 --no-pooled --minutes 12 --out nopool.jsonl
+    python scripts/code_probe.py --design tokens --k 48 --d 64 --word-dropout 0.5 --lr 3e-3 --no-pooled --eval-every 100 --minutes 50 --out nopool.jsonl
 """
 import argparse
 import json
@@ -41,6 +42,8 @@ ap.add_argument("--lr", type=float, default=5e-4, help="learning rate of the new
 ap.add_argument("--eval-every", type=int, default=40, help="steps (of 32 chunks) between reconstructions")
 ap.add_argument("--no-pooled", action="store_true", help="drop the bundled pooled slot: the new slots alone")
 ap.add_argument("--out", required=True)
+ap.add_argument("--save", help="folder for the trained parts and the optimiser's state (safetensors), at every log")
+ap.add_argument("--resume", action="store_true", help="continue from --save (the log is appended to)")
 args = ap.parse_args()
 K, D, MINUTES, OUT = args.k, args.d, args.minutes, args.out
 NOPOOL, WDROP, LR_NEW, EVERY = args.no_pooled, args.word_dropout, args.lr, args.eval_every
@@ -204,10 +207,46 @@ def loss_wd(ids, ids_in, lengths, codes):
     return ce, None, correct, mask.sum()
 
 
-log = open(OUT, "w")
+from pathlib import Path  # noqa: E402
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+trained = {f"comp.{k}": v for k, v in comp.named_parameters()}
+trained.update({f"memory.{k}": v for k, v in ae.memory.named_parameters() if not k.startswith("pooled.")})
+trained.update({n: p for n, p in ae.named_parameters() if ".lora_" in n})
+
+
+def save(step, seen):
+    """The trained tensors, Adam's moments and the position, written whole or not at all."""
+    out = {f"param/{k}": v.detach().contiguous() for k, v in trained.items()}
+    for k, v in trained.items():
+        st = opt.state.get(v, {})
+        for m in ("exp_avg", "exp_avg_sq"):
+            if m in st:
+                out[f"{m}/{k}"] = st[m].contiguous()
+    out["position"] = torch.tensor([step, seen, int(opt.state[trained[next(iter(trained))]]["step"])
+                                    if opt.state else 0])
+    folder = Path(args.save)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(folder / "probe.tmp"))
+    (folder / "probe.tmp").replace(folder / "probe.safetensors")
+
+
+seen, step = 0, 0
+if args.resume:
+    state = load_file(str(Path(args.save) / "probe.safetensors"))
+    with torch.no_grad():
+        for k, v in trained.items():
+            v.copy_(state[f"param/{k}"])
+    step, seen, adam_step = (int(x) for x in state["position"])
+    for k, v in trained.items():
+        if f"exp_avg/{k}" in state:
+            opt.state[v] = {"step": torch.tensor(float(adam_step)), "exp_avg": state[f"exp_avg/{k}"].clone(),
+                            "exp_avg_sq": state[f"exp_avg_sq/{k}"].clone()}
+log = open(OUT, "a" if args.resume else "w")
 bleu, recon = evaluate()
-seen, t0, step = 0, time.time(), 0
-rec = {"step": 0, "tokens": 0, "bleu4": bleu, "distinct_recons": len(set(recon)), "examples": list(zip(vtexts[:3], recon[:3]))}
+t0 = time.time()
+rec = {"step": step, "tokens": seen, "bleu4": bleu, "distinct_recons": len(set(recon)), "examples": list(zip(vtexts[:3], recon[:3]))}
 print(json.dumps(rec), flush=True)
 log.write(json.dumps(rec) + "\n")
 order = list(range(len(train)))
@@ -237,6 +276,10 @@ while time.time() - t0 < MINUTES * 60:
         print(json.dumps(rec), flush=True)
         log.write(json.dumps(rec) + "\n")
         log.flush()
+        if args.save:
+            save(step, seen)
+if args.save:
+    save(step, seen)
 bleu, recon = evaluate()
 rec = {"step": step, "tokens": seen, "bleu4": bleu, "distinct_recons": len(set(recon)),
        "minutes": round((time.time() - t0) / 60, 1), "examples": list(zip(vtexts[:6], recon[:6]))}

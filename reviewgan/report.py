@@ -11,7 +11,6 @@ import torch
 from . import plots
 from .config import Config
 from .data import load_records, sentences_of
-from .evaluate import yardsticks
 from .units import length_stats, prepare_data
 
 # Rows of the comparison table: (key, label, format). Keys follow `reviewgan evaluate --json`.
@@ -85,6 +84,7 @@ def write_report(result: dict, out: Path, model=None, real: dict | None = None) 
 @torch.no_grad()
 def codes_plot(model, path: Path, n: int = 600) -> None:
     """PCA of real test codes and generated codes, coloured by sentiment (the paper's Figure 8)."""
+    from .evaluate import yardsticks  # only when a report plots codes: `stats` and `report` need no model
     ys = yardsticks(model.cfg, model.tokenizer, log=lambda m: None)
     units = ys.data.units["test"]
     units = units.subset(range(min(n, len(units))))

@@ -57,6 +57,10 @@ class AEConfig:
     # pretrained family only: the base LM and how the code enters it (pretrained.py)
     base: str = "smollm2-135m"  # a registered base (base.py) or a folder with a Llama model
     memory_slots: int = 1  # key/value memory slots per layer that the code becomes (Optimus: 1)
+    code: str = "pooled"  # pooled: the embedder's sentence embedding, frozen | tokens: one learnt slot per embedder token (slots.py)
+    code_slots: int = 48  # code=tokens: the embedder tokens kept, one memory slot each (a chunk has ~40 with [CLS] and [SEP])
+    slot_dim: int = 64  # code=tokens: dims per slot; the code is code_slots x slot_dim (ae.code_dim must equal it)
+    word_dropout: float = 0.0  # share of the decoder's input tokens (not its targets) replaced by padding while training
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"  # the base's projections LoRA adapts
@@ -194,7 +198,13 @@ class Config:
             raise ConfigError(f"ae.lora_targets must list some of {', '.join(LORA_TARGETS)}, got {self.ae.lora_targets!r}")
         if self.data.val_frac + self.data.test_frac >= 0.5:
             raise ConfigError("data.val_frac + data.test_frac must be under 0.5")
-        if self.ae.family == "pretrained" and not (
+        if self.ae.family == "pretrained" and self.ae.code == "tokens":
+            if self.ae.code_dim != self.ae.code_slots * self.ae.slot_dim or self.ae.code_activation != "none":
+                raise ConfigError("ae.code=tokens: the code is code_slots x slot_dim "
+                                  f"(ae.code_dim={self.ae.code_slots * self.ae.slot_dim}, ae.code_activation=none)")
+            if self.ae.variational or self.ae.label_to_decoder or self.model != "gan":
+                raise ConfigError("ae.code=tokens: no VAE, the decoder takes no sentiment (ae.label_to_decoder=false), model gan")
+        elif self.ae.family == "pretrained" and not (
                 self.ae.code_dim == 384 and self.ae.code_activation == "l2" and not self.ae.variational
                 and not self.ae.label_to_decoder and self.model == "gan"):
             raise ConfigError("ae.family=pretrained: the code is the embedder's (ae.code_dim=384, "
@@ -209,7 +219,8 @@ RANGES = [
     ("data", "opinion_filter", 0.0, 0.999),
     ("ae", "emb_dim", 1, 8192), ("ae", "enc_hidden", 1, 8192), ("ae", "code_dim", 1, 8192), ("ae", "dropout", 0.0, 0.99),
     ("ae", "kl_weight", 0.0, 1e6), ("ae", "kl_anneal_steps", 0, 1e9), ("ae", "code_noise", 0.0, 10.0),
-    ("ae", "code_noise_decay", 0.0, 1.0), ("ae", "memory_slots", 1, 64), ("ae", "lora_rank", 1, 1024),
+    ("ae", "code_noise_decay", 0.0, 1.0), ("ae", "memory_slots", 1, 64),
+    ("ae", "code_slots", 1, 256), ("ae", "slot_dim", 1, 1024), ("ae", "word_dropout", 0.0, 0.95), ("ae", "lora_rank", 1, 1024),
     ("ae", "lora_alpha", 1e-6, 1e6), ("ae", "lora_lr", 1e-9, 10.0), ("ae", "max_steps", 0, 1e12),
     ("ae", "warmup_steps", 0, 1e9), ("ae", "epochs", 0, 100_000), ("ae", "batch_size", 1, 1_000_000),
     ("ae", "lr", 1e-9, 10.0), ("ae", "grad_clip", 0.0, 1e6),
@@ -228,7 +239,7 @@ RANGES = [
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
-    ("ae", "family", ("lstm", "pretrained")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
+    ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tokens")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
     ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
     ("gan", "optimizer", ("rmsprop", "adam")), ("train", "dtype", ("auto", "bf16", "fp32")),
     ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),

@@ -104,6 +104,12 @@ class MiniLM:
 
     def _forward(self, ids, mask):
         """Token ids (B, T) and their mask (B, T, bool) -> unit-length embeddings (B, 384)."""
+        x = self._layers(ids, mask)
+        m = mask[..., None].float()
+        return self.torch.nn.functional.normalize((x.float() * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+    def _layers(self, ids, mask):
+        """Token ids (B, T) and their mask (B, T, bool) -> the last layer's token states (B, T, 384)."""
         F, w = self.torch.nn.functional, self.w
 
         def ln(x, name):
@@ -125,8 +131,27 @@ class MiniLM:
             x = ln(x + linear(a, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
             h = F.gelu(linear(x, f"{p}.intermediate.dense"))  # BERT's exact (erf) GELU
             x = ln(x + linear(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-        m = mask[..., None].float()
-        return F.normalize((x.float() * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+        return x
+
+    def _batch(self, enc):
+        """Token id lists -> ids (B, T) padded with 0, mask (B, T)."""
+        torch = self.torch
+        T = max(len(x) for x in enc)
+        ids = torch.zeros(len(enc), T, dtype=torch.long)
+        mask = torch.zeros(len(enc), T, dtype=torch.bool)
+        for r, x in enumerate(enc):
+            ids[r, :len(x)] = torch.tensor(x)
+            mask[r, :len(x)] = True
+        return ids, mask
+
+    def states(self, texts: list[str], max_tokens: int | None = None):
+        """The last layer's token states of `texts` as one padded batch, [CLS] and [SEP] included:
+        -> states (N, T, 384) float32, mask (N, T) bool. max_tokens: only the first tokens' states are
+        returned (all of a text is still read)."""
+        with self.torch.no_grad():
+            ids, mask = self._batch([e.ids for e in self.tokenizer.encode_batch(list(texts))])
+            x = self._layers(ids, mask)
+        return x[:, :max_tokens].float(), mask[:, :max_tokens]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(N, 384) float64 embeddings, in the order of `texts`."""
@@ -137,11 +162,5 @@ class MiniLM:
         with torch.no_grad():
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
-                T = max(len(enc[i]) for i in idx)
-                ids = torch.zeros(len(idx), T, dtype=torch.long)
-                mask = torch.zeros(len(idx), T, dtype=torch.bool)
-                for r, i in enumerate(idx):
-                    ids[r, :len(enc[i])] = torch.tensor(enc[i])
-                    mask[r, :len(enc[i])] = True
-                out[idx] = self._forward(ids, mask).double().numpy()
+                out[idx] = self._forward(*self._batch([enc[i] for i in idx])).double().numpy()
         return out

@@ -105,7 +105,8 @@ def text_metrics(texts: list[str], ids: list[list[int]], ended: list[bool], labe
                distinct2=M.distinct_n(texts, 2), distinct3=M.distinct_n(texts, 3), unique_frac=M.unique_frac(texts),
                test_bleu4=M.bleu(texts, ys.test_texts, 4, max_samples=500),
                end_frac=float(np.mean(ended)), mean_tokens=float(np.mean([len(x) for x in ids])),
-               rep4_frac=M.rep_ngram_frac(texts, 4), copy_frac=M.copy_frac(texts, ys.train_texts))
+               rep4_frac=M.rep_ngram_frac(texts, 4), copy_frac=M.copy_frac(texts, ys.train_texts),
+               train_6gram_frac=M.train_ngram_frac(texts, ys.train_texts, 6))
     with_end = [x + [END] for x in ids if x]
     out["forward_ppl"] = M.perplexity(ys.lm, with_end) if with_end else None
     try:  # reverse perplexity: an LM trained on these reviews, scored on real test reviews

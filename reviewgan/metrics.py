@@ -186,6 +186,20 @@ def copy_frac(texts: list[str], train_texts: list[str]) -> float:
     return sum(_norm(t) in seen for t in texts) / len(texts)
 
 
+def train_ngram_frac(texts: list[str], train_texts: list[str], n: int = 6) -> float:
+    """Mean share of each text's word n-grams that occur in some training text: a near-copy shows as a
+    share near 1 where copy_frac sees nothing (a word changed, or a chunk's end left off). Texts of
+    fewer than n words count as 0. Real held-out text gives the level of phrases reviews share."""
+    if not texts:
+        return 0.0
+    seen = {g for t in train_texts for g in _ngrams(words(t), n)}
+    shares = []
+    for t in texts:
+        grams = _ngrams(words(t), n)
+        shares.append(sum(g in seen for g in grams) / len(grams) if grams else 0.0)
+    return float(np.mean(shares))
+
+
 # ---------------------------------------------------------------------------------------- embeddings
 
 def _psd_sqrt(c: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_k
 from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
                       resolve_device, seeded_generator)
 from .rewrite import class_means, push
+from .slots import SlotAutoencoder
 from .tokenizer import Tokenizer
 
 def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Tensor) -> Callable:
@@ -61,7 +62,10 @@ def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: 
     the LM baseline), generator, critic (None for the LM)."""
     if cfg.model == "lm":
         return ConditionalLM(vocab_size, cfg.ae), None, None
-    ae = PretrainedAutoencoder(cfg.ae, base, dtype) if cfg.ae.family == "pretrained" else Autoencoder(vocab_size, cfg.ae)
+    if cfg.ae.family == "lstm":
+        ae = Autoencoder(vocab_size, cfg.ae)
+    else:
+        ae = (SlotAutoencoder if cfg.ae.code == "tokens" else PretrainedAutoencoder)(cfg.ae, base, dtype)
     gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     critic = Critic(cfg.gan, cfg.ae.code_dim)
     return ae, gen, critic
@@ -145,7 +149,7 @@ class ReviewGAN(Editing):
             gen = critic = None
         reader = None
         if gen is not None and (path / READER_FILE).exists():  # models trained before the reader have none
-            reader = Reader(cfg.ae.code_dim)
+            reader = Reader(getattr(ae, "read_dim", cfg.ae.code_dim))
             load_weights(reader, path / READER_FILE, dev)
         return cls(cfg, tokenizer, ae, gen, critic, dev, path, reader)
 

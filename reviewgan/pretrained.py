@@ -144,14 +144,30 @@ class PretrainedAutoencoder(nn.Module):
             self.lm.load_state_dict(base.weights, assign=True)  # frozen
             self.lm.set_dtype(dtype)  # the base is cached in bf16: a float32 run casts it once
         self.lm.add_lora(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")))
-        self.memory = CodeMemory(cfg.code_dim, base.shape, cfg.memory_slots)
+        self.memory = self.make_memory(base.shape)
         self.merged = False
         self._embedder = self._reading = None  # loaded on first use (encode_texts, read_texts)
 
+    def make_memory(self, shape: LlamaShape) -> nn.Module:
+        return CodeMemory(self.cfg.code_dim, shape, self.cfg.memory_slots)
+
+    @property
+    def memory_slots(self) -> int:
+        """Key/value slots per layer the code becomes: the decoding cache keeps room for them."""
+        return self.cfg.memory_slots
+
+    read_dim = CODE_DIM  # what generation's screen reads a decoded review as: its sentence embedding
+
+    def reading_codes(self, units: Units, device) -> torch.Tensor:
+        """The sentence embeddings of units (N, 384), which the screen's Reader is fit on."""
+        return self.encode_units(units, device)
+
     # -- what is trained, and so saved: the LoRA matrices and the code memory
 
+    _trained = ("memory.",)  # name prefixes of the trained modules besides LoRA
+
     def _own(self, name: str) -> bool:
-        return name.startswith("memory.") or ".lora_" in name
+        return name.startswith(self._trained) or ".lora_" in name
 
     def state_dict(self, *args, **kwargs):
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if self._own(k)}
@@ -172,9 +188,10 @@ class PretrainedAutoencoder(nn.Module):
     frozen_encoder = True  # codes do not change while training: computed once per set of units
 
     def param_groups(self) -> list[dict]:
-        """The code memory at ae.lr, LoRA at ae.lora_lr."""
+        """The code memory (and a trained encoder) at ae.lr, LoRA at ae.lora_lr."""
         lora = [p for n, p in self.named_parameters() if ".lora_" in n]
-        return [{"params": list(self.memory.parameters())}, {"params": lora, "lr": self.cfg.lora_lr}]
+        own = [p for n, p in self.named_parameters() if n.startswith(self._trained)]
+        return [{"params": own}, {"params": lora, "lr": self.cfg.lora_lr}]
 
     # -- the stage-1 interface
 
@@ -197,7 +214,11 @@ class PretrainedAutoencoder(nn.Module):
         right tokens, real tokens), as Autoencoder.loss."""
         if noise_std > 0:  # ARAE-style: decode from a nearby code on the sphere, so nearby codes decode alike
             codes = F.normalize(codes + noise_std * torch.randn_like(codes), dim=-1)
-        inputs = torch.cat([torch.full_like(ids[:, :1], self.tokenizer.start_id), ids[:, :-1]], dim=1)
+        return self._teacher_forced(ids, ids, lengths, codes)
+
+    def _teacher_forced(self, ids, fed, lengths, codes):
+        """Cross-entropy of ids (B, T) where the decoder is fed `fed` (ids, or ids with words blanked)."""
+        inputs = torch.cat([torch.full_like(ids[:, :1], self.tokenizer.start_id), fed[:, :-1]], dim=1)
         mask = torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None]
         memory, offset = self.memory(codes)
         h = self.lm.hidden(self.lm.embed(inputs) + offset, memory=memory)  # (B, T, D)
@@ -219,10 +240,14 @@ class PretrainedAutoencoder(nn.Module):
     def read_texts(self, texts: list[str], tokenizer=None, max_len: int | None = None, device="cpu") -> torch.Tensor:
         """Codes of decoded reviews for generation's screen: the embedder written out and run in the
         decoder's precision (embedder.MiniLM), cosine >= 0.9999 to encode_texts' codes."""
+        return torch.as_tensor(self.minilm().encode(texts), dtype=torch.float32, device=device)
+
+    def minilm(self):
+        """The embedder written out (embedder.MiniLM), in the decoder's precision."""
         if self._reading is None or self._reading.dtype != self.lm.dtype:
             from .embedder import MiniLM
             self._reading = MiniLM(bf16=self.lm.dtype == torch.bfloat16)
-        return torch.as_tensor(self._reading.encode(texts), dtype=torch.float32, device=device)
+        return self._reading
 
     def embedder(self):
         if self._embedder is None:
@@ -271,7 +296,7 @@ class PretrainedAutoencoder(nn.Module):
         if gone is not None and bool(gone.all()):  # a chunk cancelled whole before it starts is skipped
             return [[] for _ in range(B)], [False] * B
         memory, offset = self.memory(codes)
-        cache = lm.new_cache(B, self.cfg.memory_slots + max_len, self.cfg.memory_slots)
+        cache = lm.new_cache(B, self.memory_slots + max_len, self.memory_slots)
         cache.put_memory(memory)
         per_row = [(torch.as_tensor(x, device=codes.device).expand(B, 1) if torch.is_tensor(x) else x)
                    for x in (temperature, top_p)]

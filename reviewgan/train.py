@@ -288,8 +288,9 @@ def train_reader(run: Run, data: Data, ae: Autoencoder) -> dict:
     if run.cfg.data.opinion_filter:
         data = prepare_data(apply_overrides(run.cfg, ["data.opinion_filter=0"]), data.tokenizer, log=lambda m: None)
     with torch.no_grad():
-        codes = ae.encode_units(data.units["train"], run.device).cpu()
-        val_codes = ae.encode_units(data.units["val"], run.device).cpu()
+        read = getattr(ae, "reading_codes", ae.encode_units)  # what the screen reads a review as
+        codes = read(data.units["train"], run.device).cpu()
+        val_codes = read(data.units["val"], run.device).cpu()
     reader = fit_reader(codes, torch.tensor(data.units["train"].labels))
     with torch.no_grad():
         acc = float(((reader(val_codes) > 0.5).long() == torch.tensor(data.units["val"].labels)).float().mean())

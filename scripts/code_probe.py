@@ -16,6 +16,8 @@ order). The measurements in docs/RESULTS.md ("A code that carries the review"):
     python scripts/code_probe.py --design perceiver --k 8 --d 64 --eval-every 150 --minutes 45 --out perceiver.jsonl
     python scripts/code_probe.py --design tokens --k 48 --d 64 --word-dropout 0.3 --lr 2e-3 --minutes 14 --out tokens.jsonl
     python scripts/code_probe.py --design tokens --k 48 --d 64 --word-dropout 0.5 --lr 3e-3 --no-pooled --eval-every 100 --minutes 50 --out nopool.jsonl
+
+The last design, trained with the decoder from the base model up, is the `tokens` preset (reviewgan/slots.py).
 """
 import argparse
 import json
@@ -62,37 +64,9 @@ enc = MiniLM(bf16=True)
 
 def states(texts):
     """MiniLM's last-layer token states (B, T, 384) float, mask (B, T), pooled codes (B, 384)."""
-    toks = [e.ids for e in enc.tokenizer.encode_batch(list(texts))]
-    T = max(len(x) for x in toks)
-    ids = torch.zeros(len(toks), T, dtype=torch.long)
-    mask = torch.zeros(len(toks), T, dtype=torch.bool)
-    for r, x in enumerate(toks):
-        ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = True
-    w, Fn = enc.w, F
-
-    def ln(x, name):
-        return Fn.layer_norm(x.float(), x.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], eps=1e-12).to(enc.dtype)
-
-    def linear(x, name):
-        return Fn.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
-    B = ids.size(0)
-    e = "embeddings"
-    with torch.no_grad():
-        x = ln(w[f"{e}.word_embeddings.weight"][ids] + w[f"{e}.position_embeddings.weight"][:T]
-               + w[f"{e}.token_type_embeddings.weight"][0], f"{e}.LayerNorm")
-        attend = mask[:, None, None, :]
-        for i in range(6):
-            p = f"encoder.layer.{i}"
-            q, k, v = (linear(x, f"{p}.attention.self.{n}").view(B, T, 12, -1).transpose(1, 2)
-                       for n in ("query", "key", "value"))
-            a = Fn.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(B, T, -1)
-            x = ln(x + linear(a, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
-            h = Fn.gelu(linear(x, f"{p}.intermediate.dense"))
-            x = ln(x + linear(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-        m = mask[..., None].float()
-        pooled = F.normalize((x.float() * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
-    return x.float(), mask, pooled
+    x, mask = enc.states(texts)
+    m = mask[..., None].float()
+    return x, mask, F.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
 
 class TokenSlots(nn.Module):

@@ -8,7 +8,7 @@ from reviewgan.cli import main
 
 KEYS = ["sentiment_acc_positive", "sentiment_acc_negative", "judge_acc_real", "self_bleu4", "distinct1", "distinct2",
         "distinct3", "unique_frac", "test_bleu4", "fed", "fed_real_floor", "forward_ppl", "reverse_ppl", "end_frac",
-        "rep4_frac", "copy_frac", "mean_tokens", "recon_token_acc", "recon_bleu4", "recon_cos", "recon_sentiment_kept"]
+        "rep4_frac", "copy_frac", "train_6gram_frac", "mean_tokens", "recon_token_acc", "recon_bleu4", "recon_cos", "recon_sentiment_kept"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from reviewgan.metrics import (
     SentimentJudge,
     bleu,
     copy_frac,
+    train_ngram_frac,
     distinct_n,
     embedder_available,
     frechet_distance,
@@ -131,6 +132,15 @@ def test_unique_rep_copy():
     assert rep_ngram_frac(["a b c a b c"], n=3) == 1.0
     train = ["The movie was   GREAT .", "i hated it ."]
     assert copy_frac(["the movie was great .", "the movie  was great!", "  I hated it .  "], train) == pytest.approx(2 / 3)
+
+
+def test_near_copies_share_the_training_texts_ngrams():
+    train = ["The cast of this film was great and the story moved me to tears.", "I hated it."]
+    near = "The cast of this film was great and the story moved me."  # 7 of its 8 word 6-grams seen
+    assert train_ngram_frac([near], train, 6) == pytest.approx(7 / 8)
+    assert train_ngram_frac(["Nothing in this sentence comes from the training texts at all."], train, 6) == 0.0
+    assert train_ngram_frac(["Too short."], train, 6) == 0.0
+    assert train_ngram_frac([near, "I hated it."], train, 6) == pytest.approx(7 / 16)  # 4 words: 0
 
 
 def test_frechet_distance():

@@ -1,0 +1,100 @@
+"""The readers' measure: a blind, shuffled mix of real held-out chunks and texts from models, and the
+table of what readers gave each source.
+
+    python scripts/blind_mix.py make --model DIR [--peer NAME=DIR ...] [--recon] [--n 30] --out mix/
+    python scripts/blind_mix.py score mix/key.json mix/reader1.jsonl mix/reader2.jsonl
+
+`make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code, and
+mix/key.json (each number's source and the sentiment it was asked for or has). Sources, n each,
+half per sentiment: `real` (held-out test chunks of the model's data), `model` (generate, seed 0),
+`recon` (the model's greedy decoding of the codes of other held-out chunks) and each peer model.
+A reader writes one JSON line per text: {"id": 1, "fluency": 1-5, "coherence": 1-5, "human": true,
+"sentiment": "positive" | "negative" | "unclear"}. `score` prints, per source, the readers' mean
+fluency and coherence, the share taken for human and the share read as the sentiment asked for.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from reviewgan import ReviewGAN
+from reviewgan.data import SENTIMENTS
+from reviewgan.units import prepare_data
+
+
+def make(args):
+    model = ReviewGAN.from_pretrained(args.model)
+    data = prepare_data(model.cfg, model.tokenizer, log=lambda m: None)
+    test = data.units["test"]
+    rng = random.Random(args.seed)
+    by_label = {y: [i for i, l in enumerate(test.labels) if l == y] for y in (0, 1)}
+    for y in by_label:
+        rng.shuffle(by_label[y])
+    half = args.n // 2
+    items = []
+    for y in (0, 1):  # real chunks, and other chunks for the reconstructions
+        items += [("real", SENTIMENTS[y], test.texts[i]) for i in by_label[y][:half]]
+    if args.recon:
+        idx = by_label[0][half:2 * half] + by_label[1][half:2 * half]
+        codes = model.autoencoder.encode_texts([test.texts[i] for i in idx], model.tokenizer, model.cfg.data.max_len,
+                                               model.device)
+        recon = model.decode(codes, greedy=True, max_len=model.cfg.sample.max_len)
+        items += [("recon", SENTIMENTS[test.labels[i]], t) for i, t in zip(idx, recon)]
+    peers = [("model", args.model)] + [tuple(p.split("=", 1)) for p in args.peer]
+    for name, folder in peers:
+        m = model if folder == args.model else ReviewGAN.from_pretrained(folder)
+        for s in SENTIMENTS:
+            items += [(name, s, t) for t in m.generate(s, n=half, seed=args.seed)]
+    rng.shuffle(items)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["Rate each text: fluency 1-5, coherence 1-5 (does it mean one thing, without contradiction or "
+             "nonsense), human (could a person have written it), sentiment (positive, negative or unclear).", ""]
+    lines += [f"{i + 1}. {t}" for i, (_, _, t) in enumerate(items)]
+    (out / "mix.md").write_text("\n".join(lines) + "\n")
+    key = [{"id": i + 1, "source": src, "sentiment": s, "text": t} for i, (src, s, t) in enumerate(items)]
+    (out / "key.json").write_text(json.dumps(key, indent=1))
+    print(f"{len(items)} texts in {out / 'mix.md'}; key in {out / 'key.json'}")
+
+
+def score(args):
+    key = {k["id"]: k for k in json.loads(Path(args.key).read_text())}
+    table = {}  # source -> reader -> lists
+    for r, path in enumerate(args.ratings):
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            x = json.loads(line)
+            k = key[int(x["id"])]
+            t = table.setdefault(k["source"], {}).setdefault(r, {"fluency": [], "coherence": [], "human": [], "sent": []})
+            t["fluency"].append(float(x["fluency"]))
+            t["coherence"].append(float(x["coherence"]))
+            t["human"].append(bool(x["human"]))
+            t["sent"].append(x["sentiment"] == k["sentiment"])
+    print("| source | texts | fluency (1-5) | coherence (1-5) | taken for human | sentiment read as asked |")
+    print("|---|---|---|---|---|---|")
+    for src, readers in table.items():
+        def mean(f, scale=1.0):
+            per = [float(np.mean(v[f])) * scale for v in readers.values()]
+            return f"{np.mean(per):.2f} ({' / '.join(f'{p:.2f}' for p in per)})"
+        n = len(next(iter(readers.values()))["fluency"])
+        print(f"| {src} | {n} | {mean('fluency')} | {mean('coherence')} | {mean('human', 100)} % | {mean('sent', 100)} % |")
+
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+sub = ap.add_subparsers(dest="cmd", required=True)
+m = sub.add_parser("make")
+m.add_argument("--model", required=True)
+m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR")
+m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
+m.add_argument("--n", type=int, default=30, help="texts per source")
+m.add_argument("--seed", type=int, default=0)
+m.add_argument("--out", required=True)
+s = sub.add_parser("score")
+s.add_argument("key")
+s.add_argument("ratings", nargs="+")
+args = ap.parse_args()
+make(args) if args.cmd == "make" else score(args)

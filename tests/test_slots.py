@@ -1,0 +1,125 @@
+"""The token-slot code (ae.code=tokens, slots.py) end to end on the tiny random Llama: the code's shape
+and layout, the encoder trained with the decoder, word dropout, both stages, the model folder,
+seeded generation with the screen, and the reference a batch's codes are compared with."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the pretrained family needs transformers")
+pytest.importorskip("sentence_transformers", reason="the pretrained family's encoder needs sentence-transformers")
+
+from reviewgan import ReviewGAN  # noqa: E402
+from reviewgan.config import ConfigError  # noqa: E402
+from reviewgan.embedder import MiniLM  # noqa: E402
+from reviewgan.slots import SlotAutoencoder  # noqa: E402
+from reviewgan.train import train  # noqa: E402
+
+from .conftest import tiny_pretrained_config  # noqa: E402
+
+QUIET = dict(progress=False, log=lambda m: None)
+K, D = 12, 8
+TOKENS = ("ae.code=tokens", f"ae.code_slots={K}", f"ae.slot_dim={D}", f"ae.code_dim={K * D}",
+          "ae.code_activation=none", "ae.word_dropout=0.5")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("REVIEWGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def slots_dir(tmp_path_factory, cased_corpus_csv, tiny_base):
+    import os
+    os.environ["REVIEWGAN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    out = tmp_path_factory.mktemp("runs") / "slots"
+    train(tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, "gan.steps=10", "ae.epochs=4",
+                                 "sample.screen=0.6"), out, **QUIET)
+    return out
+
+
+def test_the_config_refuses_a_code_size_that_is_not_slots_times_dims(cased_corpus_csv, tiny_base):
+    with pytest.raises(ConfigError, match="code_slots x slot_dim"):
+        tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, "ae.code_dim=384")
+
+
+def test_token_states_pool_to_the_sentence_embedding():
+    # The slots are read from the same forward pass that gives the screen's sentence embeddings.
+    enc = MiniLM()
+    texts = ["A fine film.", "The plot was a mess and the acting worse."]
+    states, mask = enc.states(texts)
+    m = mask[..., None].float()
+    pooled = torch.nn.functional.normalize((states * m).sum(1) / m.sum(1), dim=-1)
+    assert torch.allclose(pooled.double(), torch.as_tensor(enc.encode(texts)), atol=1e-5)
+    assert mask.sum(1).tolist() == [len(e.ids) for e in enc.tokenizer.encode_batch(texts)]
+    cut, cut_mask = enc.states(texts, 4)
+    assert torch.equal(cut, states[:, :4]) and torch.equal(cut_mask, mask[:, :4])
+
+
+def test_a_code_is_one_normalised_slot_per_token_then_zeros(slots_dir):
+    model = ReviewGAN.from_pretrained(slots_dir)
+    ae = model.autoencoder
+    assert isinstance(ae, SlotAutoencoder)
+    texts = ["Great.", "A long and winding story of a family that never once agrees on anything at all."]
+    codes = model.encode(texts).view(2, K, D)
+    n_tokens = [len(e.ids) for e in ae.minilm().tokenizer.encode_batch(texts)]
+    assert n_tokens[0] < K <= n_tokens[1]
+    present = codes.abs().sum(-1) > 0
+    assert present[0].tolist() == [i < n_tokens[0] for i in range(K)] and bool(present[1].all())
+    real = codes[present]
+    assert torch.allclose(real.mean(-1), torch.zeros(len(real)), atol=1e-4)
+    assert torch.allclose(real.pow(2).mean(-1), torch.ones(len(real)), atol=1e-2)
+
+
+def test_a_batch_codes_each_text_as_it_is_coded_alone(slots_dir):
+    model = ReviewGAN.from_pretrained(slots_dir)
+    model.autoencoder.to(torch.float32)
+    texts = ["Great.", "The story was dull and far too long.", "I loved every minute of it!"]
+    together = model.encode(texts)
+    alone = torch.cat([model.encode([t]) for t in texts])
+    assert torch.allclose(together, alone, atol=2e-2)  # bf16 embedder: padding changes the rounding only
+
+
+def test_the_encoder_is_trained_and_saved_with_the_decoder(slots_dir):
+    from safetensors.torch import load_file
+    saved = load_file(str(slots_dir / "decoder.safetensors"))
+    assert any(k.startswith("slots.") for k in saved) and any(k.startswith("memory.") for k in saved)
+    assert all(k.startswith(("slots.", "memory.")) or ".lora_" in k for k in saved)  # no base weights
+    assert float(saved["memory.kv.weight"].abs().sum()) > 0  # it moved from its zero start
+    assert "slots.ln.weight" in saved and "slots.down.weight" in saved
+
+
+def test_word_dropout_blanks_inputs_only_while_training(slots_dir):
+    model = ReviewGAN.from_pretrained(slots_dir)
+    ae = model.autoencoder
+    fed = []
+    real = ae._teacher_forced
+    ae._teacher_forced = lambda ids, given, lengths, codes: fed.append((ids, given)) or real(ids, given, lengths, codes)
+    units = type("U", (), {})()
+    units.ids = [ae.tokenizer.encode("The film was fine and the cast was good.") + [ae.tokenizer.end_id]] * 8
+    units.texts, units.labels = ["The film was fine and the cast was good."] * 8, [1] * 8
+    batch = ae.batch(units, list(range(8)), "cpu")
+    torch.manual_seed(0)
+    ae.train()
+    ae.loss(*batch)
+    ae.eval()
+    ae.loss(*batch)
+    (ids, train_fed), (_, eval_fed) = fed
+    blanked = float((train_fed != ids).float().mean())
+    assert 0.3 < blanked < 0.7 and bool((train_fed[train_fed != ids] == ae.tokenizer.pad_id).all())
+    assert torch.equal(eval_fed, ids)
+
+
+def test_generation_is_seeded_and_screened_by_the_sentence_reader(slots_dir):
+    model = ReviewGAN.from_pretrained(slots_dir)
+    assert model.reader.linear.in_features == 384  # the screen reads sentence embeddings, not codes
+    a = model.generate("positive", n=6, seed=3, records=True)
+    assert [r.to_dict() for r in a] == [r.to_dict() for r in model.generate("positive", n=6, seed=3, records=True)]
+    assert model.generator(torch.randn(4, model.cfg.gan.noise_dim), torch.ones(4, dtype=torch.long)).shape == (4, K * D)
+
+
+def test_reconstruction_figures_are_measured(slots_dir, capsys):
+    import json
+    from reviewgan.cli import main
+    assert main(["evaluate", "--model", str(slots_dir), "--n", "20", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert 0 <= r["recon_bleu4"] <= 1 and -1 <= r["recon_cos"] <= 1 and r["recon_sentiment_kept"] >= 0

@@ -204,6 +204,8 @@ class Config:
                                   f"(ae.code_dim={self.ae.code_slots * self.ae.slot_dim}, ae.code_activation=none)")
             if self.ae.variational or self.ae.label_to_decoder or self.model != "gan":
                 raise ConfigError("ae.code=tokens: no VAE, the decoder takes no sentiment (ae.label_to_decoder=false), model gan")
+        elif self.ae.family == "pretrained" and self.model == "lm":
+            pass  # the LM peer: conditioned on the sentiment, no code
         elif self.ae.family == "pretrained" and not (
                 self.ae.code_dim == 384 and self.ae.code_activation == "l2" and not self.ae.variational
                 and not self.ae.label_to_decoder and self.model == "gan"):

@@ -1,8 +1,11 @@
-"""The honest baseline: a conditional LSTM language model (`--preset lm`).
+"""The honest baselines: conditional language models, the model a practitioner would pick instead of
+a GAN. Each trains with stage 1's loop, data and budget, by plain maximum likelihood.
 
-The autoencoder's decoder architecture (Embedding 100 -> LSTM 600 -> Dropout -> Linear), trained
-by plain maximum likelihood, with the sentiment as the start token: the model a practitioner
-would pick instead of a GAN. It trains with the same loop, data and budget as stage 1.
+    ConditionalLM (`--preset lm`): the LSTM family's decoder (Embedding 100 -> LSTM 600 -> Dropout ->
+        Linear), with the sentiment as its start token.
+    PretrainedLM (`--preset pretrained-lm`): the pretrained family's decoder (SmolLM2-135M, frozen,
+        LoRA), with the sentiment as a control token: a learnt key/value slot per sentiment in every
+        layer, where the autoencoder's decoder reads its code.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch.nn as nn
 
 from .autoencoder import decode_loop, decoder_io, dropout, output_loss
 from .config import AEConfig
+from .pretrained import CodeMemory, PretrainedAutoencoder
 from .tokenizer import PAD, START
 from .units import Units, pad_batch
 
@@ -63,3 +67,37 @@ class ConditionalLM(nn.Module):
 
         return decode_loop(step, labels.size(0), max_len, labels.device, greedy, temperature, top_p, generator,
                            uniforms, drop=drop)
+
+
+class PretrainedLM(PretrainedAutoencoder):
+    """SmolLM2 + LoRA conditioned on the sentiment alone: PretrainedAutoencoder with the one-hot label
+    (B, 2) as its code, so the same memory path, training loop and cached decoding serve both."""
+
+    frozen_encoder = False
+
+    def make_memory(self, shape) -> nn.Module:
+        return CodeMemory(2, shape, self.cfg.memory_slots)
+
+    def batch(self, units: Units, idx, device):
+        """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,)."""
+        seqs = [units.ids[i] for i in idx]
+        lengths = torch.tensor([len(s) for s in seqs])
+        ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)] = torch.tensor(s)
+        labels = torch.tensor([units.labels[i] for i in idx])
+        return ids.to(device), lengths.to(device), labels.to(device)
+
+    def loss(self, ids, lengths, labels, noise_std: float = 0.0):
+        return self._teacher_forced(ids, ids, lengths, self._control(labels))
+
+    @staticmethod
+    def _control(labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, 2).float()
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, max_len: int, greedy=False, temperature=1.0, top_p=1.0,
+                 generator: torch.Generator | None = None, uniforms=None, drop=None):
+        """Batched decoding for the given sentiments (B,): token lists without EOS, ended flags."""
+        return super().generate(self._control(labels), max_len, greedy, temperature, top_p, generator,
+                                uniforms=uniforms, drop=drop)

@@ -25,7 +25,7 @@ from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .editing import Editing
 from .gan import Critic, Generator, Reader
-from .lm import ConditionalLM
+from .lm import ConditionalLM, PretrainedLM
 from .precision import compute_dtype
 from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
 from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
@@ -61,6 +61,8 @@ def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: 
     """-> stage-1 model (the LSTM autoencoder, the pretrained decoder on `base` computing in `dtype`, or
     the LM baseline), generator, critic (None for the LM)."""
     if cfg.model == "lm":
+        if cfg.ae.family == "pretrained":
+            return PretrainedLM(cfg.ae, base, dtype), None, None
         return ConditionalLM(vocab_size, cfg.ae), None, None
     if cfg.ae.family == "lstm":
         ae = Autoencoder(vocab_size, cfg.ae)

@@ -26,7 +26,7 @@ from .config import Config, apply_overrides
 from .data import SENTIMENTS
 from . import gan_fast
 from .gan import ReferenceSteps, clip_weights_, fit_reader
-from .lm import ConditionalLM
+from .lm import ConditionalLM, PretrainedLM
 from .model import ReviewGAN, build_models
 from .records import resolve_device
 from .precision import compute_dtype
@@ -141,7 +141,7 @@ def show_reconstructions(ae, data: Data, device, log, n: int) -> None:
         return
     ae.eval()
     max_len = int(units.lengths().max())
-    if isinstance(ae, ConditionalLM):  # the LM has nothing to reconstruct: show samples instead
+    if isinstance(ae, (ConditionalLM, PretrainedLM)):  # an LM has nothing to reconstruct: show samples instead
         labels = torch.arange(2 * n, device=device) % 2
         rows, _ = ae.generate(labels, max_len, generator=torch.Generator(device=device).manual_seed(0))
         for y, r in zip(labels.tolist(), rows):

@@ -428,3 +428,24 @@ def test_the_same_weights_compute_in_either_precision(pretrained_dir):
     ref, low = logits["fp32"], logits["bf16"]
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
     assert torch.nn.functional.cosine_similarity(low, ref, dim=-1).min() > 0.999
+
+
+def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_csv, tiny_base, tmp_path):
+    # The pretrained family's baseline (--preset pretrained-lm): the same decoder, conditioned on the
+    # sentiment alone. Its folder holds the LoRA and the two control slots; it has no codes.
+    from reviewgan.lm import PretrainedLM
+    out = tmp_path / "plm"
+    cfg = tiny_pretrained_config(cased_corpus_csv, tiny_base, "ae.epochs=2")
+    cfg.model = "lm"
+    cfg.validate()
+    train(cfg, out, **QUIET)
+    model = ReviewGAN.from_pretrained(out)
+    assert isinstance(model.autoencoder, PretrainedLM) and model.generator is None
+    from safetensors.torch import load_file
+    saved = load_file(str(out / "lm.safetensors"))
+    assert saved["memory.kv.weight"].shape[1] == 2 and all(k.startswith("memory.") or ".lora_" in k for k in saved)
+    pos = model.generate("positive", n=4, seed=1, records=True)
+    assert [r.to_dict() for r in pos] == [r.to_dict() for r in model.generate("positive", n=4, seed=1, records=True)]
+    assert all(r.sentiment == "positive" for r in pos)
+    with pytest.raises(ModelError, match="no autoencoder"):
+        model.encode(["A film."])

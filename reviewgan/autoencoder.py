@@ -32,7 +32,16 @@ def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.tanh(x)
     if kind == "l2":
         return F.normalize(x, dim=-1)
+    if kind.startswith("slots"):  # "slots64": per slot, 64 dims at zero mean and unit variance, times a gate
+        d = int(kind[5:])         # in (0, 1): a token-slot code's slots are normalised (the text) or zero
+        x = x.view(x.size(0), -1, d + 1)
+        return (F.layer_norm(x[..., :d], (d,)) * torch.sigmoid(x[..., d:])).flatten(1)
     return x
+
+
+def squash_input_dim(code_dim: int, kind: str) -> int:
+    """The width squash(x, kind) takes to give a code of code_dim: a slot code's gates come on top."""
+    return code_dim + code_dim // int(kind[5:]) if kind.startswith("slots") else code_dim
 
 
 class Encoder(nn.Module):

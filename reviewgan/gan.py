@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .autoencoder import squash
+from .autoencoder import squash, squash_input_dim
 from .config import GANConfig
 
 
@@ -107,7 +107,8 @@ class Generator(nn.Module):
         super().__init__()
         self.noise_dim, self.code_kind = cfg.noise_dim, code_kind
         self.cond = Condition(cfg.condition, cfg.cond_dim)
-        self.net = ResidualMLP(cfg.noise_dim + cfg.cond_dim, cfg.width, cfg.n_blocks, code_dim, cfg.g_dropout)
+        self.net = ResidualMLP(cfg.noise_dim + cfg.cond_dim, cfg.width, cfg.n_blocks,
+                               squash_input_dim(code_dim, code_kind), cfg.g_dropout)
 
     upgrade_state_dict = staticmethod(upgrade_state_dict)  # checkpoint.load_weights applies it
 

@@ -256,16 +256,7 @@ class PretrainedAutoencoder(nn.Module):
         return self._embedder
 
     def codes_of(self, texts: list[str]) -> torch.Tensor:
-        key = hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
-        path = cache_root() / f"codes-minilm-{key}.safetensors"
-        if path.exists():
-            return load_file(str(path))["codes"]
-        codes = self.encode_texts(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks under torchrun write alike
-        save_file({"codes": codes.contiguous()}, str(tmp))
-        tmp.replace(path)
-        return codes
+        return cached_embeddings(texts, "codes-minilm", self.encode_texts)
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
@@ -347,6 +338,20 @@ class PretrainedAutoencoder(nn.Module):
         for r, e in zip(out.tolist(), ended.tolist()):
             rows.append(r[:r.index(tok.end_id)] if e else r)
         return rows, ended.tolist()
+
+
+def cached_embeddings(texts: list[str], name: str, embed) -> torch.Tensor:
+    """embed(texts) -> (N, C), computed once per list of texts and kept in the cache folder."""
+    key = hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:16]
+    path = cache_root() / f"{name}-{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))["codes"]
+    codes = embed(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks under torchrun write alike
+    save_file({"codes": codes.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return codes
 
 
 def sample_softmax_(logits: torch.Tensor, temperature, generator=None, u=None) -> torch.Tensor:

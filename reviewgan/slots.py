@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .config import AEConfig
 from .llama import LlamaShape
-from .pretrained import CODE_DIM, PretrainedAutoencoder
+from .pretrained import CODE_DIM, PretrainedAutoencoder, cached_embeddings
 from .units import Units
 
 
@@ -78,13 +78,18 @@ class SlotAutoencoder(PretrainedAutoencoder):
     PretrainedAutoencoder, but the encoder is trained (TokenSlots), so codes are computed per batch
     from the embedder's token states and not cached."""
 
-    code_kind = "none"  # the generator's output is the code as it is (slots are normalised, or zero)
     frozen_encoder = False
     _trained = ("memory.", "slots.")
 
     def __init__(self, cfg: AEConfig, base, dtype: torch.dtype = torch.bfloat16):
         super().__init__(cfg, base, dtype)
         self.slots = TokenSlots(cfg.code_slots, cfg.slot_dim)
+
+    @property
+    def code_kind(self) -> str:
+        """The generator writes each slot as the encoder does, normalised, times a presence gate
+        (autoencoder.squash): it learns directions and which slots the text fills, not scales."""
+        return f"slots{self.cfg.slot_dim}"
 
     def make_memory(self, shape: LlamaShape) -> nn.Module:
         return SlotMemory(self.cfg.code_slots, self.cfg.slot_dim, shape)
@@ -139,5 +144,7 @@ class SlotAutoencoder(PretrainedAutoencoder):
     read_dim = CODE_DIM
 
     def reading_codes(self, units: Units, device) -> torch.Tensor:
-        """The Reader reads sentence embeddings, as generation's screen computes them."""
-        return self.read_texts(units.texts, device=device)
+        """The Reader reads sentence embeddings, as generation's screen computes them (cached: they do
+        not change as the encoder trains)."""
+        name = f"reading-minilm-{str(self.lm.dtype).split('.')[-1]}"
+        return cached_embeddings(units.texts, name, self.read_texts).to(device)

@@ -114,7 +114,13 @@ def test_generation_is_seeded_and_screened_by_the_sentence_reader(slots_dir):
     assert model.reader.linear.in_features == 384  # the screen reads sentence embeddings, not codes
     a = model.generate("positive", n=6, seed=3, records=True)
     assert [r.to_dict() for r in a] == [r.to_dict() for r in model.generate("positive", n=6, seed=3, records=True)]
-    assert model.generator(torch.randn(4, model.cfg.gan.noise_dim), torch.ones(4, dtype=torch.long)).shape == (4, K * D)
+    fake = model.generator(torch.randn(4, model.cfg.gan.noise_dim), torch.ones(4, dtype=torch.long)).detach()
+    assert fake.shape == (4, K * D)
+    # each generated slot is a normalised vector times a gate in (0, 1), as the encoder's are (gate 0 or 1)
+    slots = fake.view(4, K, D)
+    gate = slots.pow(2).mean(-1).sqrt()
+    assert bool((gate > 0).all() and (gate < 1).all())
+    assert torch.allclose(slots.mean(-1), torch.zeros(4, K), atol=1e-5)
 
 
 def test_reconstruction_figures_are_measured(slots_dir, capsys):

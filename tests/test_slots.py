@@ -73,10 +73,11 @@ def test_a_code_is_one_normalised_slot_per_token_then_zeros(slots_dir):
 def test_a_batch_codes_each_text_as_it_is_coded_alone(slots_dir):
     model = ReviewGAN.from_pretrained(slots_dir)
     model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32  # the embedder then runs in float32 too: padding's rounding ~1e-6
     texts = ["Great.", "The story was dull and far too long.", "I loved every minute of it!"]
     together = model.encode(texts)
     alone = torch.cat([model.encode([t]) for t in texts])
-    assert torch.allclose(together, alone, atol=2e-2)  # bf16 embedder: padding changes the rounding only
+    assert torch.allclose(together, alone, atol=1e-3)
 
 
 def test_the_encoder_is_trained_and_saved_with_the_decoder(slots_dir):

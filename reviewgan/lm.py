@@ -79,14 +79,8 @@ class PretrainedLM(PretrainedAutoencoder):
         return CodeMemory(2, shape, self.cfg.memory_slots)
 
     def batch(self, units: Units, idx, device):
-        """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,)."""
-        seqs = [units.ids[i] for i in idx]
-        lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)] = torch.tensor(s)
-        labels = torch.tensor([units.labels[i] for i in idx])
-        return ids.to(device), lengths.to(device), labels.to(device)
+        """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,): no code."""
+        return self.targets(units, idx, device)
 
     def loss(self, ids, lengths, labels, noise_std: float = 0.0):
         return self._teacher_forced(ids, ids, lengths, self._control(labels))

@@ -200,14 +200,18 @@ class PretrainedAutoencoder(nn.Module):
 
     def batch(self, units: Units, idx, device):
         """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,); codes (B, C)."""
+        codes = self.encode_units(units, device)[torch.as_tensor(np.asarray(idx), device=device)]
+        return (*self.targets(units, idx, device), codes)
+
+    def targets(self, units: Units, idx, device):
+        """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,): what every batch starts with."""
         seqs = [units.ids[i] for i in idx]
         lengths = torch.tensor([len(s) for s in seqs])
         ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
         for row, s in enumerate(seqs):
             ids[row, :len(s)] = torch.tensor(s)
         labels = torch.tensor([units.labels[i] for i in idx])
-        codes = self.encode_units(units, device)[torch.as_tensor(np.asarray(idx), device=device)]
-        return ids.to(device), lengths.to(device), labels.to(device), codes
+        return ids.to(device), lengths.to(device), labels.to(device)
 
     def loss(self, ids, lengths, labels, codes, noise_std: float = 0.0):
         """Teacher-forced cross-entropy of the review given its code (padding never counts). -> (ce, kl = 0,

@@ -104,14 +104,8 @@ class SlotAutoencoder(PretrainedAutoencoder):
     def batch(self, units: Units, idx, device):
         """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,); the embedder's token states
         and their mask (the encoder's input: ae.codes(batch) makes the codes)."""
-        seqs = [units.ids[i] for i in idx]
-        lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)] = torch.tensor(s)
-        labels = torch.tensor([units.labels[i] for i in idx])
         states, mask = self.minilm().states([units.texts[i] for i in idx], self.cfg.code_slots)
-        return ids.to(device), lengths.to(device), labels.to(device), (states.to(device), mask.to(device))
+        return (*self.targets(units, idx, device), (states.to(device), mask.to(device)))
 
     def loss(self, ids, lengths, labels, states, noise_std: float = 0.0):
         """Teacher-forced cross-entropy of the review given its code, with ae.word_dropout on the
@@ -140,8 +134,6 @@ class SlotAutoencoder(PretrainedAutoencoder):
             states, mask = self.minilm().states(texts[s:s + batch_size], self.cfg.code_slots)
             out.append(self.slots(states.to(device), mask.to(device)).flatten(1).float())
         return torch.cat(out) if out else torch.empty(0, self.cfg.code_dim, device=device)
-
-    read_dim = CODE_DIM
 
     def reading_codes(self, units: Units, device) -> torch.Tensor:
         """The Reader reads sentence embeddings, as generation's screen computes them (cached: they do

@@ -33,10 +33,25 @@ def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l2":
         return F.normalize(x, dim=-1)
     if kind.startswith("slots"):  # "slots64": per slot, 64 dims at zero mean and unit variance, times a gate
-        d = int(kind[5:])         # in (0, 1): a token-slot code's slots are normalised (the text) or zero
+        d = int(kind[5:])
         x = x.view(x.size(0), -1, d + 1)
-        return (F.layer_norm(x[..., :d], (d,)) * torch.sigmoid(x[..., d:])).flatten(1)
+        # A token-slot code's slots are present (normalised) for the text's word pieces and zero after
+        # it, never with a hole: the decoder stops at the first absent slot. So slot s is present only
+        # as far as every slot before it: gate_s = prod_{t <= s} sigmoid(g_t), non-increasing along the
+        # code. (Gates of their own leave holes: generated reviews that stop after a few words.)
+        gate = torch.exp(torch.cumsum(F.logsigmoid(x[..., d:].float()), dim=1)).to(x.dtype)
+        return (F.layer_norm(x[..., :d], (d,)) * gate).flatten(1)
     return x
+
+
+SLOT_GATE_INIT = 3.0  # a generator's slot-gate logits start here: 0.95 per slot, codes of ~20 slots
+
+
+def open_slot_gates_(out: nn.Linear, kind: str) -> None:
+    """Start a generator's last layer with its slot gates open (squash); other code kinds unchanged."""
+    if kind.startswith("slots"):
+        with torch.no_grad():
+            out.bias.view(-1, int(kind[5:]) + 1)[:, -1] = SLOT_GATE_INIT
 
 
 def squash_input_dim(code_dim: int, kind: str) -> int:

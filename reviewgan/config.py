@@ -75,9 +75,13 @@ class AEConfig:
 
 @dataclass
 class GANConfig:
+    arch: str = "mlp"  # mlp: residual MLPs (paper 5.2) | slots: transformers over a token-slot code's slots (gan_slots.py)
     noise_dim: int = 100
-    width: int = 100  # residual block width, paper 5.2 (s.b.a.)
-    n_blocks: int = 40  # paper 5.2 (s.b.a.)
+    width: int = 100  # residual block width, paper 5.2 (s.b.a.); the transformers' model width
+    n_blocks: int = 40  # paper 5.2 (s.b.a.); the transformers' blocks
+    heads: int = 4  # attention heads (arch slots only)
+    g_width: int = 0  # arch slots: the generator's own width and blocks (0: width, n_blocks); its passes skip
+    g_blocks: int = 0  # the penalty's double backward, so it can be larger than the critic at little cost
     g_dropout: float = 0.0  # dropout inside generator blocks (paper: some; rate unstated)
     c_dropout: float = 0.0  # dropout inside critic blocks
     condition: str = "embed"  # fill: a cond_dim vector filled with the 0/1 label (seed) | embed: learnt embedding
@@ -198,6 +202,11 @@ class Config:
             raise ConfigError(f"ae.lora_targets must list some of {', '.join(LORA_TARGETS)}, got {self.ae.lora_targets!r}")
         if self.data.val_frac + self.data.test_frac >= 0.5:
             raise ConfigError("data.val_frac + data.test_frac must be under 0.5")
+        if self.gan.arch == "slots" and not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
+            raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")
+        if self.gan.arch == "slots" and (self.gan.width % self.gan.heads or self.gan.g_width % self.gan.heads):
+            raise ConfigError(f"gan.width {self.gan.width} and gan.g_width {self.gan.g_width} must be divisible "
+                              f"by gan.heads {self.gan.heads}")
         if self.ae.family == "pretrained" and self.ae.code == "tokens":
             if self.ae.code_dim != self.ae.code_slots * self.ae.slot_dim or self.ae.code_activation != "none":
                 raise ConfigError("ae.code=tokens: the code is code_slots x slot_dim "
@@ -226,7 +235,8 @@ RANGES = [
     ("ae", "lora_alpha", 1e-6, 1e6), ("ae", "lora_lr", 1e-9, 10.0), ("ae", "max_steps", 0, 1e12),
     ("ae", "warmup_steps", 0, 1e9), ("ae", "epochs", 0, 100_000), ("ae", "batch_size", 1, 1_000_000),
     ("ae", "lr", 1e-9, 10.0), ("ae", "grad_clip", 0.0, 1e6),
-    ("gan", "noise_dim", 1, 8192), ("gan", "width", 1, 8192), ("gan", "n_blocks", 0, 1000), ("gan", "g_dropout", 0.0, 0.99),
+    ("gan", "noise_dim", 1, 8192), ("gan", "width", 1, 8192), ("gan", "n_blocks", 0, 1000), ("gan", "heads", 1, 64),
+    ("gan", "g_width", 0, 8192), ("gan", "g_blocks", 0, 1000), ("gan", "g_dropout", 0.0, 0.99),
     ("gan", "c_dropout", 0.0, 0.99), ("gan", "cond_dim", 1, 8192), ("gan", "clip_value", 1e-9, 1e12),
     ("gan", "gp_weight", 0.0, 1e6), ("gan", "cls_weight", 0.0, 1e6), ("gan", "lr", 1e-9, 10.0),
     ("gan", "n_critic", 1, 1000), ("gan", "steps", 0, 1e12), ("gan", "batch_size", 1, 1_000_000),
@@ -242,7 +252,7 @@ RANGES = [
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
     ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tokens")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
-    ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
+    ("gan", "arch", ("mlp", "slots")), ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
     ("gan", "optimizer", ("rmsprop", "adam")), ("train", "dtype", ("auto", "bf16", "fp32")),
     ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),
 ]

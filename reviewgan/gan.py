@@ -3,7 +3,8 @@
 Generator: Linear(noise + condition -> 100) -> 40 residual blocks (100) -> Linear(-> code) -> squash
 Critic:    Linear(code -> 100) -> 40 residual blocks (100) -> Linear(-> 2): realness score, sentiment logit;
            with `critic_conditioned`, the score also judges the label by projection
-One ResidualMLP class serves both. The losses are written as the papers write them:
+One ResidualMLP class serves both (gan_slots.py has transformers over a token-slot code's slots in their
+place, `gan.arch = "slots"`). The losses are written as the papers write them:
 
     critic:    -(E[D(real)] - E[D(fake)]) + cls_weight * sentiment loss + gp_weight * E[(||grad D(x_hat)|| - 1)^2]
     generator: -E[D(G(z, y))] + cls_weight * sentiment loss of the critic's head on G(z, y)
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .autoencoder import squash, squash_input_dim
+from .autoencoder import open_slot_gates_, squash, squash_input_dim
 from .config import GANConfig
 
 
@@ -109,6 +110,7 @@ class Generator(nn.Module):
         self.cond = Condition(cfg.condition, cfg.cond_dim)
         self.net = ResidualMLP(cfg.noise_dim + cfg.cond_dim, cfg.width, cfg.n_blocks,
                                squash_input_dim(code_dim, code_kind), cfg.g_dropout)
+        open_slot_gates_(self.net.out, code_kind)
 
     upgrade_state_dict = staticmethod(upgrade_state_dict)  # checkpoint.load_weights applies it
 

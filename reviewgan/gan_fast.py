@@ -36,8 +36,8 @@ from .gan import Critic, Generator, ResidualMLP, critic_objective, generator_obj
 
 
 def supported(cfg: GANConfig) -> bool:
-    """Whether these steps apply: blocks, none with dropout."""
-    return cfg.g_dropout == 0 and cfg.c_dropout == 0 and cfg.n_blocks > 0
+    """Whether these steps apply: residual-MLP blocks, none with dropout."""
+    return cfg.arch == "mlp" and cfg.g_dropout == 0 and cfg.c_dropout == 0 and cfg.n_blocks > 0
 
 
 def _relu_grad(g: torch.Tensor, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

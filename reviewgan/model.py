@@ -25,6 +25,7 @@ from .config import Config, ConfigError
 from .data import SENTIMENTS, clean_text
 from .editing import Editing
 from .gan import Critic, Generator, Reader
+from .gan_slots import networks
 from .lm import ConditionalLM, PretrainedLM
 from .precision import compute_dtype
 from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
@@ -68,8 +69,7 @@ def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: 
         ae = Autoencoder(vocab_size, cfg.ae)
     else:
         ae = (SlotAutoencoder if cfg.ae.code == "tokens" else PretrainedAutoencoder)(cfg.ae, base, dtype)
-    gen = Generator(cfg.gan, cfg.ae.code_dim, ae.code_kind)
-    critic = Critic(cfg.gan, cfg.ae.code_dim)
+    gen, critic = networks(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     return ae, gen, critic
 
 

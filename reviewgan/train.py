@@ -10,6 +10,7 @@ an uninterrupted run would have reached.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -215,6 +216,9 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
 
     # The hand-derived steps where they apply (blocks without dropout): the same gradients as autograd's, ~2x faster.
     steps = gan_fast.FastSteps(gen, critic, gcfg) if gan_fast.supported(gcfg) else ReferenceSteps(gen, critic, gcfg)
+    # The slot transformers' steps cost their matmuls (bf16 halves them where it is native); the MLPs'
+    # steps cost their kernel launches and stay in float32.
+    amp = autocast(cfg, device) if gcfg.arch == "slots" else contextlib.nullcontext()
     gen.train(); critic.train()
     bar = tqdm(total=gcfg.steps, initial=st["step"], desc="gan", disable=not progress, dynamic_ncols=True)
     metrics, t0, done0 = {}, time.perf_counter(), st["step"]
@@ -230,10 +234,12 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
             draws.append(tuple(dist.shard(t) for t in (idx, z, eps)))
         # The generator does not change during the critic steps, so their fakes come from one pass.
         # Fakes get the real batch's sentiments: label effects cancel in the W estimate.
-        fakes = steps.fake(torch.cat([z for _, z, _ in draws]), torch.cat([labels[idx] for idx, _, _ in draws]))
+        with amp:
+            fakes = steps.fake(torch.cat([z for _, z, _ in draws]), torch.cat([labels[idx] for idx, _, _ in draws]))
         for (idx, _, eps), fake in zip(draws, fakes.split(len(draws[0][0]))):  # this process's slices
             y = labels[idx]
-            c_parts = steps.critic_step(codes[idx], y, fake, y, eps, scale=1 / world)
+            with amp:
+                c_parts = steps.critic_step(codes[idx], y, fake, y, eps, scale=1 / world)
             check_finite(c_parts["c_loss"].item(), "GAN critic loss", st["step"] + 1)
             dist.sum_gradients(critic.parameters())
             opt_c.step()
@@ -241,7 +247,8 @@ def train_gan(run: Run, data: Data, ae: Autoencoder, gen, critic, progress: bool
                 clip_weights_(critic, gcfg.clip_value)
         # (2) update the generator once, through the critic (whose weights this step leaves alone)
         z, y = (dist.shard(t) for t in sample_fake(B))
-        g_parts = steps.generator_step(z, y, scale=1 / world)
+        with amp:
+            g_parts = steps.generator_step(z, y, scale=1 / world)
         check_finite(g_parts["g_loss"].item(), "GAN generator loss", st["step"] + 1)
         dist.sum_gradients(gen.parameters())
         opt_g.step()

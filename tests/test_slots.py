@@ -117,10 +117,12 @@ def test_generation_is_seeded_and_screened_by_the_sentence_reader(slots_dir):
     assert [r.to_dict() for r in a] == [r.to_dict() for r in model.generate("positive", n=6, seed=3, records=True)]
     fake = model.generator(torch.randn(4, model.cfg.gan.noise_dim), torch.ones(4, dtype=torch.long)).detach()
     assert fake.shape == (4, K * D)
-    # each generated slot is a normalised vector times a gate in (0, 1), as the encoder's are (gate 0 or 1)
+    # each generated slot is a normalised vector times a gate in (0, 1), as the encoder's are (gate 0 or 1),
+    # and no slot is more present than the one before it: the encoder's codes have no holes
     slots = fake.view(4, K, D)
     gate = slots.pow(2).mean(-1).sqrt()
     assert bool((gate > 0).all() and (gate < 1).all())
+    assert bool((gate[:, 1:] <= gate[:, :-1] + 1e-6).all())
     assert torch.allclose(slots.mean(-1), torch.zeros(4, K), atol=1e-5)
 
 
@@ -130,3 +132,70 @@ def test_reconstruction_figures_are_measured(slots_dir, capsys):
     assert main(["evaluate", "--model", str(slots_dir), "--n", "20", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert 0 <= r["recon_bleu4"] <= 1 and -1 <= r["recon_cos"] <= 1 and r["recon_sentiment_kept"] >= 0
+
+
+SLOT_GAN = ("gan.arch=slots", "gan.width=16", "gan.heads=2", "gan.n_blocks=2")
+
+
+def test_the_slot_transformers_need_a_token_slot_code(cased_corpus_csv, tiny_base):
+    with pytest.raises(ConfigError, match="gan.arch=slots"):
+        tiny_pretrained_config(cased_corpus_csv, tiny_base, *SLOT_GAN)
+    with pytest.raises(ConfigError, match="divisible"):
+        tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, *SLOT_GAN, "gan.heads=3")
+
+
+def _slot_networks(cased_corpus_csv, tiny_base):
+    from reviewgan.gan_slots import networks
+    cfg = tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, *SLOT_GAN)
+    torch.manual_seed(0)
+    return cfg, *networks(cfg.gan, K * D, f"slots{D}")
+
+
+def test_the_slot_generator_writes_slots_in_a_run_as_the_encoder_does(cased_corpus_csv, tiny_base):
+    cfg, gen, _ = _slot_networks(cased_corpus_csv, tiny_base)
+    with torch.no_grad():
+        gen.out.bias[-1] = 0.0  # gates near 0.5 each: the running product falls along the code
+    slots = gen(torch.randn(5, cfg.gan.noise_dim), torch.tensor([0, 1, 0, 1, 1])).view(5, K, D)
+    rms = slots.detach().pow(2).mean(-1).sqrt()  # each slot's length: its gate
+    assert bool((rms[:, 1:] <= rms[:, :-1] + 1e-6).all())  # never a hole: a slot is no more present than the one before
+    assert bool((rms[:, 0] > 0.05).all() and (rms[:, -1] < 0.01).all())
+    assert torch.allclose(slots.detach().mean(-1), torch.zeros(5, K), atol=1e-5)
+    slots.pow(2).sum().backward()  # the gates learn through the products
+    assert float(gen.out.weight.grad[-1].abs().sum()) > 1e-3
+    assert not torch.allclose(slots[:, 0], slots[:, 1])  # positions differ: each slot has its own embedding
+
+
+def test_the_slot_critic_scores_each_code_alone_and_sees_slot_order(cased_corpus_csv, tiny_base):
+    # the fused critic pass (gan.critic_loss) needs rows scored independently: no batch statistics
+    _, _, critic = _slot_networks(cased_corpus_csv, tiny_base)
+    codes, labels = torch.randn(6, K * D), torch.tensor([0, 1, 1, 0, 1, 0])
+    score, logit = critic(codes, labels)
+    for i in range(6):
+        s, l = critic(codes[i:i + 1], labels[i:i + 1])
+        assert torch.allclose(s, score[i:i + 1], atol=1e-5) and torch.allclose(l, logit[i:i + 1], atol=1e-5)
+    swapped = codes.view(6, K, D)[:, torch.arange(K).roll(1)].flatten(1)  # the same slots in another order
+    assert (critic(swapped, labels)[0] - score).abs().max() > 1e-3
+
+
+def test_a_slot_critic_step_reaches_every_weight_through_the_penalty(cased_corpus_csv, tiny_base):
+    from reviewgan.gan import ReferenceSteps
+    cfg, gen, critic = _slot_networks(cased_corpus_csv, tiny_base)
+    steps = ReferenceSteps(gen, critic, cfg.gan)
+    y = torch.tensor([0, 1, 0, 1])
+    fake = steps.fake(torch.randn(4, cfg.gan.noise_dim), y)
+    parts = steps.critic_step(torch.randn(4, K * D), y, fake, y, torch.rand(4, 1))
+    assert float(parts["gp"]) > 0
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in critic.parameters())
+    steps.generator_step(torch.randn(4, cfg.gan.noise_dim), y)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in gen.named_parameters()
+               if not n.startswith("cond"))  # the label's embedding row not drawn this batch may stay zero
+
+
+def test_a_slot_gan_trains_on_a_finished_autoencoder_and_reloads(slots_dir, tmp_path, cased_corpus_csv, tiny_base):
+    cfg = tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, *SLOT_GAN, "gan.steps=6", "ae.epochs=4",
+                                 "sample.screen=0.6")
+    model = train(cfg, tmp_path / "slotgan", ae_from=slots_dir, **QUIET)
+    assert type(model.generator).__name__ == "SlotGenerator"
+    again = ReviewGAN.from_pretrained(tmp_path / "slotgan")
+    assert type(again.generator).__name__ == "SlotGenerator"
+    assert model.generate("negative", n=3, seed=1) == again.generate("negative", n=3, seed=1)

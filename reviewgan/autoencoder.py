@@ -24,6 +24,11 @@ IGNORE = -100  # target of padding positions: cross_entropy's ignore_index
 MAX_SEGMENTS = 4  # a batch with more distinct lengths than this is packed for the encoder
 
 
+def slot_dim(kind: str) -> int | None:
+    """The slot width of a token-slot code kind ("slots64" -> 64); None for the other kinds."""
+    return int(kind[5:]) if kind.startswith("slots") else None
+
+
 def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
     """The code's output range, shared by the encoder and the generator so both live in one space."""
     if kind == "sigmoid":
@@ -32,8 +37,7 @@ def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.tanh(x)
     if kind == "l2":
         return F.normalize(x, dim=-1)
-    if kind.startswith("slots"):  # "slots64": per slot, 64 dims at zero mean and unit variance, times a gate
-        d = int(kind[5:])
+    if (d := slot_dim(kind)) is not None:  # "slots64": per slot, 64 dims at zero mean and unit variance, times a gate
         x = x.view(x.size(0), -1, d + 1)
         # A token-slot code's slots are present (normalised) for the text's word pieces and zero after
         # it, never with a hole: the decoder stops at the first absent slot. So slot s is present only
@@ -49,14 +53,15 @@ SLOT_GATE_INIT = 3.0  # a generator's slot-gate logits start here: 0.95 per slot
 
 def open_slot_gates_(out: nn.Linear, kind: str) -> None:
     """Start a generator's last layer with its slot gates open (squash); other code kinds unchanged."""
-    if kind.startswith("slots"):
+    if (d := slot_dim(kind)) is not None:
         with torch.no_grad():
-            out.bias.view(-1, int(kind[5:]) + 1)[:, -1] = SLOT_GATE_INIT
+            out.bias.view(-1, d + 1)[:, -1] = SLOT_GATE_INIT
 
 
 def squash_input_dim(code_dim: int, kind: str) -> int:
     """The width squash(x, kind) takes to give a code of code_dim: a slot code's gates come on top."""
-    return code_dim + code_dim // int(kind[5:]) if kind.startswith("slots") else code_dim
+    d = slot_dim(kind)
+    return code_dim if d is None else code_dim + code_dim // d
 
 
 class Encoder(nn.Module):

@@ -202,11 +202,12 @@ class Config:
             raise ConfigError(f"ae.lora_targets must list some of {', '.join(LORA_TARGETS)}, got {self.ae.lora_targets!r}")
         if self.data.val_frac + self.data.test_frac >= 0.5:
             raise ConfigError("data.val_frac + data.test_frac must be under 0.5")
-        if self.gan.arch == "slots" and not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
-            raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")
-        if self.gan.arch == "slots" and (self.gan.width % self.gan.heads or self.gan.g_width % self.gan.heads):
-            raise ConfigError(f"gan.width {self.gan.width} and gan.g_width {self.gan.g_width} must be divisible "
-                              f"by gan.heads {self.gan.heads}")
+        if self.gan.arch == "slots":
+            if not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
+                raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")
+            if self.gan.width % self.gan.heads or self.gan.g_width % self.gan.heads:
+                raise ConfigError(f"gan.width {self.gan.width} and gan.g_width {self.gan.g_width} must be "
+                                  f"divisible by gan.heads {self.gan.heads}")
         if self.ae.family == "pretrained" and self.ae.code == "tokens":
             if self.ae.code_dim != self.ae.code_slots * self.ae.slot_dim or self.ae.code_activation != "none":
                 raise ConfigError("ae.code=tokens: the code is code_slots x slot_dim "

@@ -132,20 +132,31 @@ class Critic(nn.Module):
     def __init__(self, cfg: GANConfig, code_dim: int):
         super().__init__()
         self.net = ResidualMLP(code_dim, cfg.width, cfg.n_blocks, 2, cfg.c_dropout)
-        self.proj = nn.Embedding(2, cfg.width) if cfg.critic_conditioned else None
-        if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)  # start unconditioned; learn what a real pair looks like
+        self.proj = label_projection(cfg)
 
     upgrade_state_dict = staticmethod(upgrade_state_dict)
 
     def forward(self, code: torch.Tensor, labels: torch.Tensor):
         """-> realness score (B,), sentiment logit (B,)."""
-        h = self.net.features(code)
-        out = self.net.out(h)
-        score = out[:, 0]
-        if self.proj is not None:
-            score = score + (self.proj(labels) * h).sum(-1)
-        return score, out[:, 1]
+        return score_and_logit(self.net.features(code), labels, self.net.out, self.proj)
+
+
+def label_projection(cfg: GANConfig) -> nn.Embedding | None:
+    """A critic's embed(label), projected on its features h to judge the (code, label) pair."""
+    if not cfg.critic_conditioned:
+        return None
+    proj = nn.Embedding(2, cfg.width)
+    nn.init.zeros_(proj.weight)  # start unconditioned; learn what a real pair looks like
+    return proj
+
+
+def score_and_logit(h: torch.Tensor, labels: torch.Tensor, out: nn.Linear, proj: nn.Embedding | None):
+    """A critic's features h (B, width) -> realness score (B,) (+ embed(label).h), sentiment logit (B,)."""
+    o = out(h)
+    score = o[:, 0]
+    if proj is not None:
+        score = score + (proj(labels) * h).sum(-1)
+    return score, o[:, 1]
 
 
 class Reader(nn.Module):

@@ -24,16 +24,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .autoencoder import open_slot_gates_, squash
+from .autoencoder import open_slot_gates_, slot_dim, squash
 from .config import GANConfig
-from .gan import Condition, Critic, Generator
+from .gan import Condition, Critic, Generator, label_projection, score_and_logit
 
 
 def slot_shape(code_dim: int, code_kind: str) -> tuple[int, int]:
     """(slots, slot_dim) of a slot code kind such as "slots64"."""
-    if not code_kind.startswith("slots"):
+    d = slot_dim(code_kind)
+    if d is None:
         raise ValueError(f"gan.arch = 'slots' needs a token-slot code (ae.code = 'tokens'), not {code_kind!r}")
-    d = int(code_kind[5:])
     return code_dim // d, d
 
 
@@ -88,9 +88,7 @@ class SlotCritic(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads) for _ in range(cfg.n_blocks))
         self.ln = nn.LayerNorm(cfg.width)
         self.out = nn.Linear(cfg.width, 2)
-        self.proj = nn.Embedding(2, cfg.width) if cfg.critic_conditioned else None
-        if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
+        self.proj = label_projection(cfg)
 
     def forward(self, code: torch.Tensor, labels: torch.Tensor):
         """-> realness score (B,), sentiment logit (B,)."""
@@ -98,12 +96,7 @@ class SlotCritic(nn.Module):
         h = torch.cat([x.new_zeros(x.size(0), 1, x.size(2)), x], dim=1) + self.pos
         for block in self.blocks:
             h = block(h)
-        h = self.ln(h[:, 0])  # the summary slot
-        out = self.out(h)
-        score = out[:, 0]
-        if self.proj is not None:
-            score = score + (self.proj(labels) * h).sum(-1)
-        return score, out[:, 1]
+        return score_and_logit(self.ln(h[:, 0]), labels, self.out, self.proj)  # from the summary slot
 
 
 def networks(cfg: GANConfig, code_dim: int, code_kind: str) -> tuple[nn.Module, nn.Module]:

@@ -3,6 +3,11 @@ table of what readers gave each source.
 
     python scripts/blind_mix.py make --model DIR [--peer NAME=DIR ...] [--recon] [--n 30] --out mix/
     python scripts/blind_mix.py score mix/key.json mix/reader1.jsonl mix/reader2.jsonl
+    python scripts/blind_mix.py diversity DIR[@T] ... [--n 250]
+
+The model or a peer may name its sampling temperature, `--peer lm=runs/plm@0.9` (else its own default), so sources
+can be read at equal diversity; `diversity` gives each model's Self-BLEU-4, distinct-2, exact copies and
+share of word 6-grams found in training text over n reviews per sentiment (seed 0).
 
 `make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code, and
 mix/key.json (each number's source and the sentiment it was asked for or has). Sources, n each,
@@ -26,7 +31,8 @@ from reviewgan.units import prepare_data
 
 
 def make(args):
-    model = ReviewGAN.from_pretrained(args.model)
+    model_dir = with_temperature(args.model)[0]
+    model = ReviewGAN.from_pretrained(model_dir)
     data = prepare_data(model.cfg, model.tokenizer, log=lambda m: None)
     test = data.units["test"]
     rng = random.Random(args.seed)
@@ -44,10 +50,11 @@ def make(args):
         recon = model.decode(codes, greedy=True, max_len=model.cfg.sample.max_len)
         items += [("recon", SENTIMENTS[test.labels[i]], t) for i, t in zip(idx, recon)]
     peers = [("model", args.model)] + [tuple(p.split("=", 1)) for p in args.peer]
-    for name, folder in peers:
-        m = model if folder == args.model else ReviewGAN.from_pretrained(folder)
+    for name, spec in peers:
+        folder, temperature = with_temperature(spec)
+        m = model if folder == model_dir else ReviewGAN.from_pretrained(folder)
         for s in SENTIMENTS:
-            items += [(name, s, t) for t in m.generate(s, n=half, seed=args.seed)]
+            items += [(name, s, t) for t in m.generate(s, n=half, seed=args.seed, temperature=temperature)]
     rng.shuffle(items)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +65,25 @@ def make(args):
     key = [{"id": i + 1, "source": src, "sentiment": s, "text": t} for i, (src, s, t) in enumerate(items)]
     (out / "key.json").write_text(json.dumps(key, indent=1))
     print(f"{len(items)} texts in {out / 'mix.md'}; key in {out / 'key.json'}")
+
+
+def with_temperature(spec: str) -> tuple[str, float | None]:
+    """"DIR@T" -> (DIR, T); "DIR" -> (DIR, None: the model's own decoding)."""
+    folder, _, t = spec.partition("@")
+    return folder, float(t) if t else None
+
+
+def diversity(args):
+    from reviewgan.metrics import copy_frac, distinct_n, self_bleu, train_ngram_frac
+    train_texts = None
+    for spec in args.models:
+        folder, temperature = with_temperature(spec)
+        m = ReviewGAN.from_pretrained(folder)
+        if train_texts is None:  # the first model's training chunks, the same yardstick for every model
+            train_texts = prepare_data(m.cfg, m.tokenizer, log=lambda s: None).units["train"].texts
+        texts = [t for s in SENTIMENTS for t in m.generate(s, n=args.n, seed=0, temperature=temperature)]
+        print(f"{spec}: Self-BLEU-4 {self_bleu(texts):.3f}, distinct-2 {distinct_n(texts, 2):.3f}, copied "
+              f"{copy_frac(texts, train_texts):.3f}, word 6-grams in training text {train_ngram_frac(texts, train_texts):.3f}")
 
 
 def score(args):
@@ -87,8 +113,8 @@ def score(args):
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 sub = ap.add_subparsers(dest="cmd", required=True)
 m = sub.add_parser("make")
-m.add_argument("--model", required=True)
-m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR")
+m.add_argument("--model", required=True, metavar="DIR[@T]")
+m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR[@T]")
 m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
 m.add_argument("--n", type=int, default=30, help="texts per source")
 m.add_argument("--seed", type=int, default=0)
@@ -96,5 +122,8 @@ m.add_argument("--out", required=True)
 s = sub.add_parser("score")
 s.add_argument("key")
 s.add_argument("ratings", nargs="+")
+d = sub.add_parser("diversity")
+d.add_argument("models", nargs="+", metavar="DIR[@T]")
+d.add_argument("--n", type=int, default=250, help="reviews per sentiment")
 args = ap.parse_args()
-make(args) if args.cmd == "make" else score(args)
+{"make": make, "score": score, "diversity": diversity}[args.cmd](args)

@@ -6,7 +6,8 @@ Gaussian noise added, and from the midpoint of two chunks' codes, scored against
 A generator's codes are never exactly real ones: a code space in which a little noise changes the
 text a little is one a GAN can learn. Noise is per dimension, relative to the code's own per-dimension
 spread (the pooled code's dimensions have sd ~0.05, a token slot's ~1), so the rows compare across
-code designs. Prints one line per noise level: BLEU-4 to the source, and the share of decodings that
+code designs. For a token-slot code, first the slots a real and a generated code fill, and the share
+with a hole (an absent slot before a present one). Then one line per noise level: BLEU-4 to the source, and the share of decodings that
 still end by themselves; then 3 examples at each level, and 4 midpoints with both sources.
 """
 
@@ -33,6 +34,16 @@ codes = model.encode(texts)
 present = codes != 0  # a token-slot code's empty slots stay empty: noise goes where the text is
 spread = float(codes[present].std())
 print(f"{len(texts)} held-out chunks; code sd per dimension {spread:.3f}")
+if model.autoencoder.code_kind.startswith("slots"):  # how many slots a code fills, and whether it has a hole
+    def occupancy(c):
+        on = c.view(len(c), model.cfg.ae.code_slots, -1).pow(2).mean(-1).sqrt() > 0.5
+        run = (~on).float().argmax(1).float()  # slots before the first absent one
+        return float(on.sum(1).float().mean()), float((on.sum(1) > run).float().mean())
+    with torch.no_grad():
+        fake = model.generator(torch.randn(400, model.cfg.gan.noise_dim, generator=torch.Generator().manual_seed(0)),
+                               torch.arange(400) % 2)
+    print("slots present, codes with a hole: real %.1f, %.2f; generated (400) %.1f, %.2f"
+          % (*occupancy(codes), *occupancy(fake)))
 g = torch.Generator().manual_seed(0)
 for level in [float(x) for x in args.noise.split(",")]:
     noisy = codes + level * spread * torch.randn(codes.shape, generator=g) * present

@@ -10,7 +10,9 @@ three things added for reviewgan:
   Optimus (Li et al. 2020): this is how a review's code enters every layer of the decoder;
 - **LoRA** (Hu et al. 2021) on chosen projections: the base weights stay frozen, a low-rank update
   W + (alpha / r) B A is trained, and `merge_lora` folds it into W for generation;
-- **a KV cache that drops finished rows**, so batched decoding stops paying for reviews that ended.
+- **a KV cache that drops finished rows**, so batched decoding stops paying for reviews that ended,
+  and **a slot cache** for continuous batching, where each row is at its own position and a row that
+  ends gives its slot to the next review (SlotCache; KVCache is its reference).
 
 The residual stream is float32; the frozen weights and the matmuls run in `dtype`: bfloat16 on a CPU
 with AVX512-BF16 or AMX (about twice float32's speed there), float32 on one without, where bf16 is
@@ -174,6 +176,67 @@ class KVCache:
         self.k, self.v = kept[:len(self.k)], kept[len(self.k):]
 
 
+class SlotCache:
+    """The cache of continuous batching: `rows` slots, each holding one review being decoded at its own
+    position, (rows, kv_heads, capacity, hd) per layer, allocated whole once. A slot's entries are its
+    memory, then its positions so far (`lengths`: how many). A review that ends frees its slot, and the
+    next one waiting is written into it at the next step (`start`), so the batch stays full while
+    reviews of different lengths come and go; KVCache (one position for the whole batch) is the
+    reference that tests compare it with.
+
+    Positions past a slot's length hold whatever an earlier review left there (zeros at first, always
+    finite): the attention mask (`mask`) keeps every row from them."""
+
+    def __init__(self, n_layers: int, rows: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
+        self.capacity = capacity
+        shape = (rows, kv_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.used = 0  # slots [0, used) are computed at each step; free ones among them are masked
+        self.mask = None
+
+    def start(self, slots: torch.Tensor, memory) -> None:
+        """New reviews in `slots`: their memory (one (k, v) per layer, each (n, kv_heads, M, hd)) first."""
+        for i, (k, v) in enumerate(memory):
+            M = k.size(2)
+            self.k[i][slots, :, :M] = k.to(self.k[i].dtype)
+            self.v[i][slots, :, :M] = v.to(self.v[i].dtype)
+        self.lengths[slots] = memory[0][0].size(2)
+
+    def prepare(self) -> None:
+        """Before a step: the mask over every position of the used slots, open on each row's past and
+        its new position. Attention reads whole slots, masked: a slot cut to the longest review so far
+        is not contiguous, and the matmul then copied every layer's keys and values at every step."""
+        at = self.lengths[:self.used]
+        if bool((at >= self.capacity).any()):
+            raise ValueError(f"the cache holds {self.capacity} positions; {int(at.max()) + 1} asked for")
+        pos = torch.arange(self.capacity, device=at.device)
+        self.mask = torch.zeros(self.used, self.capacity, device=at.device).masked_fill_(
+            pos[None, :] > at[:, None], float("-inf"))[:, None, :, None]  # (used, 1, capacity, 1)
+        self.rows = torch.arange(self.used, device=at.device)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's k, v (used, kv_heads, 1, hd), each row at its own length; -> keys, values to read."""
+        at = self.lengths[:self.used]
+        self.k[layer][self.rows, :, at] = k[:, :, 0]
+        self.v[layer][self.rows, :, at] = v[:, :, 0]
+        return self.k[layer][:self.used], self.v[layer][:self.used]
+
+    def advance(self, live: torch.Tensor) -> None:
+        """After a step: the rows that took one (live, (used,) bools) hold one position more."""
+        self.lengths[:self.used] += live.long()
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Move the reviews in `slots` to the front and compute only them from now on: when no review
+        waits for a free slot, the batch shrinks as reviews end, as KVCache's does."""
+        n, end = slots.numel(), int(self.lengths[slots].max()) if slots.numel() else 0
+        for buf in self.k + self.v:
+            buf[:n, :, :end] = buf[slots, :, :end]  # the gather copies before any slot is overwritten
+        self.lengths[:n] = self.lengths[slots].clone()
+        self.used = n
+
+
 class Attention(nn.Module):
     def __init__(self, s: LlamaShape, dtype):
         super().__init__()
@@ -196,13 +259,17 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
-        if cache is not None:
+        if isinstance(cache, SlotCache):
+            k, v = cache.append(layer, k, v)
+        elif cache is not None:
             past = cache.length
             k, v = cache.append(layer, k, v)
         elif memory is not None:
             past = memory[0].size(2)
             k, v = torch.cat([memory[0].to(k.dtype), k], 2), torch.cat([memory[1].to(v.dtype), v], 2)
-        if T == 1:  # decoding: one new position sees everything before it
+        if isinstance(cache, SlotCache):  # continuous batching: each row sees its own past only
+            y = decode_attention(q, k, v, cache.mask)
+        elif T == 1:  # decoding: one new position sees everything before it
             y = decode_attention(q, k, v)
         else:  # (T, past + T): all of the past, then causal
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
@@ -210,17 +277,23 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one new position (q: (B, H, 1, hd)) over all cached keys and values (B, KH, t, hd),
     as F.scaled_dot_product_attention computes it (tests compare the two). Each group of H / KH query
     heads shares a key/value head, so the scores are one batched matmul per group without copying the
-    keys H / KH times; on a CPU this is several times faster than SDPA's kernel for a single query."""
+    keys H / KH times; on a CPU this is several times faster than SDPA's kernel for a single query.
+    The scores are computed as keys x queries, (t, hd) x (hd, H / KH): the cached keys are read in
+    place, where queries x keys^T made the matmul copy every layer's transposed keys at every step
+    (~1 ms a layer for 256 rows). mask: (B, 1, t, 1), added to the scores (-inf where a row must not
+    look: SlotCache)."""
     B, H, _, hd = q.shape
     KH = k.size(1)
     qg = q.reshape(B, KH, H // KH, hd)  # query head h reads key/value head h // (H / KH)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * hd ** -0.5  # (B, KH, H / KH, t)
-    y = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, KH, H / KH, hd)
-    return y.reshape(B, H, 1, hd)
+    scores = torch.matmul(k, qg.transpose(-1, -2)).float() * hd ** -0.5  # (B, KH, t, H / KH)
+    if mask is not None:
+        scores = scores + mask
+    p = scores.softmax(-2).transpose(-1, -2).to(v.dtype)  # (B, KH, H / KH, t), laid out by the cast
+    return torch.matmul(p, v).reshape(B, H, 1, hd)
 
 
 class MLP(nn.Module):
@@ -282,16 +355,20 @@ class Llama(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(tokens).float()  # (B, T, D)
 
-    def hidden(self, x: torch.Tensor, start: int = 0, memory=None, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, start: int | torch.Tensor = 0, memory=None, cache=None) -> torch.Tensor:
         """Input embeddings x (B, T, D) at positions start.. -> final normalised states (B, T, D), float32.
 
-        memory: one (k, v) pair per layer, each (B, kv_heads, M, hd), or None.
+        memory: one (k, v) pair per layer, each (B, kv_heads, M, hd), or None. With a SlotCache, x is one
+        position per row (B, 1, D) and start each row's own position (B,); the caller advances the cache.
         """
         s = self.shape
-        cos, sin = rotary(torch.arange(start, start + x.size(1), device=x.device), s.head_dim, s.rope_theta)
+        if torch.is_tensor(start):  # one position per row: (B, 1, 1, hd) angles, broadcast over heads
+            cos, sin = (a[:, None, None] for a in rotary(start, s.head_dim, s.rope_theta))
+        else:
+            cos, sin = rotary(torch.arange(start, start + x.size(1), device=x.device), s.head_dim, s.rope_theta)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, None if memory is None else memory[i], cache, i)
-        if cache is not None:
+        if isinstance(cache, KVCache):
             cache.advance(x.size(1))
         return self.norm(x)
 
@@ -301,6 +378,11 @@ class Llama(nn.Module):
         if out is not None:
             return torch.mm(h.to(self.dtype), self.embed_tokens.weight.t(), out=out)
         return F.linear(h.to(self.dtype), self.embed_tokens.weight)
+
+    def new_slot_cache(self, rows: int, capacity: int) -> SlotCache:
+        """A continuous-batching cache of `rows` slots, `capacity` positions each (memory included)."""
+        s = self.shape
+        return SlotCache(s.n_layers, rows, s.n_kv_heads, capacity, s.head_dim, self.dtype, self.embed_tokens.weight.device)
 
     def new_cache(self, batch: int, capacity: int, memory_slots: int = 0) -> KVCache:
         """A cache for up to `capacity` positions (memory slots included), grown as it fills."""

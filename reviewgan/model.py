@@ -28,7 +28,7 @@ from .gan import Critic, Generator, Reader
 from .gan_slots import networks
 from .lm import ConditionalLM, PretrainedLM
 from .precision import compute_dtype
-from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
+from .pretrained import PretrainedAutoencoder, Rows, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
 from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
                       resolve_device, seeded_generator)
 from .rewrite import class_means, push
@@ -220,25 +220,35 @@ class ReviewGAN(Editing):
         # owner (B,): each row's request
         owner = torch.repeat_interleave(torch.arange(len(requests), device=dev), torch.tensor(counts, device=dev))
         drop = None if cancelled is None else _rows_of_requests(cancelled, owner)
-        z, u, labels, temp, top_p, greedy = [], [], [], [], [], []
+        # Every random number a row may use is drawn up front, from its request's own generator: the
+        # first draw's noise and sampling numbers, then those of each redraw the screen may ask for.
+        tries = self.cfg.sample.screen_tries if self.screens else 1
+        z, u = [[] for _ in range(tries)], [[] for _ in range(tries)]
+        labels, temp, top_p, greedy = [], [], [], []
         for r, b in zip(requests, counts):
-            if not self.is_lm:
-                z.append(self._noise(r, b))
-            u.append(self._uniforms(r, b, max_len))
+            for k in range(tries):
+                if not self.is_lm:
+                    z[k].append(self._noise(r, b))
+                u[k].append(self._uniforms(r, b, max_len))
             labels += [r.label] * b
             temp += [r.temperature] * b
             top_p += [r.top_p] * b
             greedy += [r.greedy] * b
+        z = [torch.cat(x) for x in z] if not self.is_lm else None
+        u = [torch.cat(x) for x in u]
         labels = torch.tensor(labels, dtype=torch.long, device=dev)
         kw = dict(greedy=torch.tensor(greedy, device=dev), temperature=torch.tensor(temp, device=dev)[:, None],
-                  top_p=torch.tensor(top_p, device=dev)[:, None], uniforms=torch.cat(u))
+                  top_p=torch.tensor(top_p, device=dev)[:, None], uniforms=u[0])
+        cut = [requests[i].max_len for i in owner.tolist()]
         if self.is_lm:
             ids, ended = self.autoencoder.generate(labels, max_len, **kw, drop=drop)
+        elif self.continuous and not swap:
+            ids, ended = self._stream(z, u, labels, cut, max_len, kw, drop)
         else:
             to_decoder = 1 - labels if swap else labels
-            ids, ended = self._decode_noise(torch.cat(z), labels, to_decoder, max_len, kw, drop)
+            ids, ended = self._decode_noise(z[0], labels, to_decoder, max_len, kw, drop)
             if self.screens:
-                ids, ended = self._screen(requests, owner, labels, to_decoder, ids, ended, max_len, kw, drop)
+                ids, ended = self._screen(z, u, labels, to_decoder, cut, ids, ended, max_len, kw, drop)
         gone = set(cancelled()) if cancelled is not None else set()
         out, i = [], 0
         for k, (r, b) in enumerate(zip(requests, counts)):
@@ -266,52 +276,139 @@ class ReviewGAN(Editing):
     def _decode_noise(self, z, labels, to_decoder, max_len, kw, drop=None):
         """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags.
         drop: the decoder's (autoencoder.decode_loop)."""
-        codes = self.generator(z, labels)
-        if self.cfg.sample.push:
-            codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
-        return self.autoencoder.generate(codes, max_len, labels=to_decoder, **kw, drop=drop)
+        return self.autoencoder.generate(self._codes_of_noise(z, labels), max_len, labels=to_decoder, **kw, drop=drop)
 
     @property
     def screens(self) -> bool:
         """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
         return not self.is_lm and self.cfg.sample.screen > 0
 
-    def _screen(self, requests, owner, labels, to_decoder, ids, ended, max_len, kw, drop=None):
+    @property
+    def continuous(self) -> bool:
+        """Whether generation decodes by continuous batching (PretrainedAutoencoder.stream: the
+        pretrained family): the readable reference is `_decode_noise` and `_screen`, batch by batch."""
+        return self.continuous_batching and hasattr(self.autoencoder, "stream")
+
+    continuous_batching = True  # False: the reference path (tests compare the two)
+
+    def _screen(self, z, u, labels, to_decoder, cut, ids, ended, max_len, kw, drop=None):
         """sample.screen: each review is encoded back into a code and read by the model's Reader; one
         that reads as its requested sentiment with a probability below sample.screen is drawn again
-        (new noise, new sampling numbers), up to sample.screen_tries draws in all, and the draw read
-        most clearly is kept. Decoding blurs a code's sentiment, and this is the one place that sees
-        the review that came out. Redraws come from each request's own generator, in row order, after
-        its first draws: a request's reviews still depend on the request alone. Rows that `drop` (the
-        decoder's) says have left are neither read nor drawn again."""
+        (its next noise and sampling numbers, drawn up front: z[k], u[k] for its k-th redraw), up to
+        sample.screen_tries draws in all, and the draw read most clearly is kept. Decoding blurs a
+        code's sentiment, and this is the one place that sees the review that came out. Rows that
+        `drop` (the decoder's) says have left are neither read nor drawn again. The redraws are
+        decoded in rounds here; `_stream` decodes them as rows free up, to the same reviews."""
         s = self.cfg.sample
-        ids, ended = list(ids), list(ended)  # owner (B,): each row's request
-        cut = [requests[i].max_len for i in owner.tolist()]
+        ids, ended = list(ids), list(ended)
         score = self._reads_as(ids, cut, labels, _live(drop))
-        for _ in range(s.screen_tries - 1):
+        for k in range(1, s.screen_tries):
             redo = torch.nonzero(score < s.screen).squeeze(1)
             live = _live(drop)
             if live is not None:
                 redo = redo[live[redo]]
             if len(redo) == 0:
                 break
-            z, u = [], []
-            for i, r in enumerate(requests):  # rows are grouped by request, so this keeps redo's order
-                k = int((owner[redo] == i).sum())
-                if k:
-                    z.append(self._noise(r, k))
-                    u.append(self._uniforms(r, k, max_len))
             again = dict(greedy=kw["greedy"][redo], temperature=kw["temperature"][redo], top_p=kw["top_p"][redo],
-                         uniforms=torch.cat(u))
+                         uniforms=u[k][redo])
             sub = drop_rows(drop, redo)
-            new_ids, new_ended = self._decode_noise(torch.cat(z), labels[redo], to_decoder[redo], max_len, again, sub)
+            new_ids, new_ended = self._decode_noise(z[k][redo], labels[redo], to_decoder[redo], max_len, again, sub)
             new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo], _live(sub))
             for j, row in enumerate(redo.tolist()):
                 if new_score[j] > score[row]:
                     ids[row], ended[row], score[row] = new_ids[j], new_ended[j], new_score[j]
         return ids, ended
 
-    def _reads_as(self, rows, cut, labels, live=None) -> torch.Tensor:
+    # The screen's draws of a review are decoded one after another (`_screen`), so the last reviews of
+    # a batch wait for chains of up to screen_tries decodes while most of the batch is idle. Once fewer
+    # than this many draws are in flight, `_stream` decodes each undecided review's next draw beside
+    # its current one: wasted if the current one reads as asked, but the slots were idle.
+    SPECULATE_BELOW = 64
+
+    def _stream(self, z, u, labels, cut, max_len, kw, drop=None):
+        """`_decode_noise` and `_screen` by continuous batching (PretrainedAutoencoder.stream): every
+        row's first draw is queued, a review is read as it ends (in groups), and a redraw joins the
+        batch as soon as a slot frees, so the matrix units see full batches instead of ever smaller
+        rounds of redraws; near the end, next draws start early (SPECULATE_BELOW). Row i's k-th draw
+        uses z[k][i], u[k][i] as in `_screen`, and a review is settled from its draws in their order
+        (the first that reads as asked, else the best read of all), so the reviews are `_screen`'s, up
+        to the rounding a batch of other rows can bring. `drop` as in `_screen`."""
+        s, B, dev = self.cfg.sample, labels.numel(), labels.device
+        tries = len(z) if self.screens else 1
+        read = {}  # (row, draw) -> (tokens, ended, score)
+        sent = [0] * B  # draws of each row given to the decoder
+        settled = torch.zeros(B, dtype=torch.bool, device=dev)
+        best = [([], False)] * B
+
+        def settle(i: int) -> int:
+            """Settle row i if its draws so far do -> how many of its first draws are back."""
+            top, pick, k = -1.0, None, 0
+            while (i, k) in read:
+                toks, ended, score = read[i, k]
+                if score > top:
+                    top, pick = score, (toks, ended)
+                k += 1
+                if not self.screens or top >= s.screen or k == tries:
+                    best[i] = pick
+                    settled[i] = True
+                    break
+            return k
+
+        def draws(pairs: list[tuple[int, int]]) -> Rows:
+            """Draw k of row i for each (i, k), for the decoder: its id is i * tries + k."""
+            for i, k in pairs:
+                sent[i] = k + 1
+            idx = torch.tensor([i for i, _ in pairs], device=dev)
+            zz = torch.stack([z[k][i] for i, k in pairs])
+            uu = torch.stack([u[k][i] for i, k in pairs])
+            ids = idx * tries + torch.tensor([k for _, k in pairs], device=dev)
+            return Rows(ids, self._codes_of_noise(zz, labels[idx]), uu, kw["greedy"][idx],
+                        kw["temperature"][idx, 0], kw["top_p"][idx, 0])
+
+        def finished(ids, toks, ends):
+            rows = [i // tries for i in ids]
+            live = [j for j, i in enumerate(rows) if not settled[i]]
+            if not live:
+                return None
+            if self.screens:
+                got = self._reads_as([toks[j] for j in live], [cut[rows[j]] for j in live],
+                                     labels[torch.tensor([rows[j] for j in live], device=dev)], trim=False)
+            else:
+                got = torch.ones(len(live))
+            for j, g in zip(live, got.tolist()):
+                read[rows[j], ids[j] % tries] = (toks[j], ends[j], g)
+            nxt = []
+            for i in dict.fromkeys(rows[j] for j in live):  # (in order, once each)
+                back = settle(i)
+                if not settled[i] and back == sent[i] and sent[i] < tries:
+                    nxt.append((i, sent[i]))
+            return draws(nxt) if nxt else None
+
+        def spare(free: int, in_flight: int):
+            if in_flight >= self.SPECULATE_BELOW:
+                return None
+            ahead = [(i, sent[i]) for i in range(B) if not settled[i] and 0 < sent[i] < tries
+                     and (i, sent[i] - 1) not in read]  # its last draw is still being decoded
+            ahead = ahead[:min(free, self.SPECULATE_BELOW - in_flight)]
+            return draws(ahead) if ahead else None
+
+        def gone():
+            out = settled if drop is None or (cancelled := drop()) is None else settled | cancelled
+            return out.repeat_interleave(tries)
+
+        if B:
+            self.autoencoder.stream(draws([(i, 0) for i in range(B)]), max_len, finished, gone,
+                                    width=B * tries, spare=spare if tries > 1 else None)
+        return [b[0] for b in best], [b[1] for b in best]
+
+    def _codes_of_noise(self, z, labels):
+        """The generator's codes for noise z and labels, pushed (sample.push) as `_decode_noise` does."""
+        codes = self.generator(z, labels)
+        if self.cfg.sample.push:
+            codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
+        return codes
+
+    def _reads_as(self, rows, cut, labels, live=None, trim: bool = True) -> torch.Tensor:
         """The Reader's probability that each decoded row (cut to its request's max_len) has its label.
         live: (B,) bools, the rows to read; the others are not read and score 1 (never drawn again)."""
         if live is not None and not bool(live.all()):
@@ -322,7 +419,8 @@ class ReviewGAN(Editing):
             return score
         texts = [clean_text(self.tokenizer.decode(r[:c]), self.cfg.data.lowercase) for r, c in zip(rows, cut)]
         p = self.reader(self.autoencoder.read_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device))
-        release_free_memory()  # the decode's and the reading's freed buffers, before a redraw decodes
+        if trim:  # the decode's and the reading's freed buffers, before a redraw decodes
+            release_free_memory()
         return torch.where(labels == 1, p, 1 - p)
 
     def _reviews(self, rows, ended, sentiment):

@@ -136,3 +136,32 @@ def test_decode_attention_is_sdpa_for_one_query():
     q, k, v = torch.randn(5, 9, 1, 16), torch.randn(5, 3, 11, 16), torch.randn(5, 3, 11, 16)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     assert torch.allclose(decode_attention(q, k, v), ref, atol=1e-5)
+
+
+def test_a_slot_cache_decodes_rows_at_their_own_positions_and_refills_slots():
+    # llama.SlotCache (continuous batching): each slot holds one sequence at its own position; one that
+    # ends frees its slot for the next, which starts at position 0 beside the others. Every step's
+    # logits are the full pass's for that sequence.
+    _, m = tiny_pair()
+    ids = torch.randint(0, 100, (4, 6))
+    memory = [(torch.randn(4, 2, 1, 8), torch.randn(4, 2, 1, 8)) for _ in range(2)]
+    with torch.no_grad():
+        full = m.logits(m.hidden(m.embed(ids), memory=memory))
+        cache = m.new_slot_cache(2, 1 + 6)
+        slot_of = {0: 0, 1: 1}  # sequence -> slot; sequence 0 stops after 2 steps and 2 takes its slot
+        pos = {0: 0, 1: 0}
+        cache.start(torch.tensor([0, 1]), [(k[:2], v[:2]) for k, v in memory])
+        cache.used = 2
+        for step in range(6):
+            if step == 2:
+                del slot_of[0], pos[0]
+                slot_of[2], pos[2] = 0, 0
+                cache.start(torch.tensor([0]), [(k[2:3], v[2:3]) for k, v in memory])
+            seqs = sorted(slot_of, key=slot_of.get)
+            tokens = torch.stack([ids[s, pos[s]] for s in seqs])[:, None]
+            cache.prepare()
+            got = m.logits(m.hidden(m.embed(tokens), start=torch.tensor([pos[s] for s in seqs]), cache=cache))
+            cache.advance(torch.ones(2, dtype=torch.bool))
+            for j, s in enumerate(seqs):
+                assert torch.allclose(got[j, 0], full[s, pos[s]], atol=1e-5), (step, s)
+                pos[s] += 1

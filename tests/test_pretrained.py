@@ -384,6 +384,12 @@ def test_cancelled_requests_leave_the_batch_and_the_others_are_unchanged(pretrai
         return [model.request(s, n=3, seed=i, greedy=False, temperature=1.0)
                 for i, s in enumerate(("positive", "negative", "positive"))]
 
+    # by continuous batching (the default), and by the batch-by-batch reference, whose steps are counted
+    whole = model.generate_batch(requests())
+    cut = model.generate_batch(requests(), cancelled=lambda: {1})
+    assert cut == [whole[0], None, whole[2]]
+    model.continuous_batching = False
+
     sizes, chunks = [], []  # rows at each decoding step; rows of each chunk decoded
     hidden = model.autoencoder.lm.hidden
     monkeypatch.setattr(model.autoencoder.lm, "hidden", lambda x, **kw: (sizes.append(x.size(0)), hidden(x, **kw))[1])
@@ -449,3 +455,57 @@ def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_cs
     assert all(r.sentiment == "positive" for r in pos)
     with pytest.raises(ModelError, match="no autoencoder"):
         model.encode(["A film."])
+
+
+@pytest.mark.parametrize("speculate_below", [64, 0, 1000])
+def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pretrained_dir, speculate_below,
+                                                                             monkeypatch):
+    # ReviewGAN._stream decodes first draws and the screen's redraws as slots free up, in one batch of
+    # rows at their own positions (llama.SlotCache), and starts next draws early near the end; the
+    # reference (`_decode_noise`, `_screen`) decodes round by round. Same draws, same reviews (float32,
+    # so another batch cannot round a token otherwise), whatever is speculated.
+    import reviewgan.pretrained as P
+    from reviewgan.config import apply_overrides
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0.9", "sample.screen_tries=3"])
+    monkeypatch.setattr(ReviewGAN, "SPECULATE_BELOW", speculate_below)
+    monkeypatch.setattr(P, "STREAM_ROWS", 8)  # slots are refilled ...
+    monkeypatch.setattr(P, "DECODE_ROWS", 8)  # ... and the reference decodes in chunks
+    draws = []
+    memory = model.autoencoder.memory.register_forward_hook(lambda m, args, out: draws.append(args[0].size(0)))
+    streamed = model.generate("positive", n=12, seed=5, records=True)
+    assert sum(draws) > 12  # the screen drew some reviews again
+    memory.remove()
+    model.continuous_batching = False
+    assert model.generate("positive", n=12, seed=5, records=True) == streamed
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0"])  # and without the screen
+    plain = model.generate("negative", n=5, seed=1, greedy=False, records=True)
+    model.continuous_batching = True
+    assert model.generate("negative", n=5, seed=1, greedy=False, records=True) == plain
+
+
+def test_a_slot_cache_step_computes_what_the_shared_cache_computes(pretrained_dir):
+    # llama.SlotCache (each row at its own position, attention over whole masked slots) against KVCache
+    # (one position for all) on rows that start together: the same final states at every step.
+    ae = ReviewGAN.from_pretrained(pretrained_dir).autoencoder
+    ae.to(torch.float32)
+    lm = ae.lm
+    lm.dtype = torch.float32
+    g = torch.Generator().manual_seed(0)
+    codes = torch.nn.functional.normalize(torch.randn(4, 384, generator=g), dim=-1)
+    memory, offset = ae.memory(codes)
+    M = ae.memory_slots
+    shared, slots = lm.new_cache(4, M + 6, M), lm.new_slot_cache(4, M + 6)
+    shared.put_memory(memory)
+    slots.start(torch.arange(4), memory)
+    slots.used = 4
+    tokens = torch.randint(3, 50, (4, 6), generator=g)
+    for t in range(6):
+        x = lm.embed(tokens[:, t:t + 1]) + offset
+        a = lm.hidden(x, start=t, cache=shared)
+        slots.prepare()
+        b = lm.hidden(x, start=slots.lengths - M, cache=slots)
+        slots.advance(torch.ones(4, dtype=torch.bool))
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,9 @@
 
 Starts the server in this process on 127.0.0.1 (a free port), sends a fixed number of seeded
 `POST /api/generate` requests with a fixed concurrency, prints throughput, latency percentiles
-and the error count, and stops. --check-alone K then decodes the first K requests again, each on
+and the error count, then the same reviews generated offline in one call and the first
+`concurrency` requests as one offline batch, with the served rate and p95 over them (--no-offline
+skips these). --check-alone K then decodes the first K requests again, each on
 its own, and counts those whose reviews differ from what the batched server answered.
 --fairness times a lone request for one review alone, and again after 20 clients asked for 50
 reviews each and gave up after 2 s; then sends 120 such requests at once and counts the 503s.
@@ -48,7 +50,11 @@ async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list
     return latencies, errors, answers
 
 
-def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check_alone: int = 0) -> dict:
+def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check_alone: int = 0,
+        offline: bool = True) -> dict:
+    """The load test's figures; with `offline`, beside them the same reviews generated without the
+    server, in one call (offline_reviews_per_s; served_over_offline is the served rate over it) and
+    the first `concurrency` requests as one batch (offline_batch_s; p95_over_offline_batch)."""
     threads = load_for_serving_threads()  # as `reviewgan serve` loads it
     try:
         model = ReviewGAN.from_pretrained(model_dir)
@@ -63,6 +69,17 @@ def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check
     out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "errors": errors,
            "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall,
            "requests_per_batch": health["requests"] / max(health["batches"], 1)}
+    if offline:  # the same reviews without the server: all in one call, and one client-batch's worth
+        def requests_(k: int) -> list:
+            return [model.request(("positive", "negative")[i % 2], n, seed=i) for i in range(k)]
+        t0 = time.perf_counter()
+        model.generate_batch(requests_(requests))
+        rate = requests * n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model.generate_batch(requests_(min(concurrency, requests)))
+        batch_s = time.perf_counter() - t0
+        out.update(offline_reviews_per_s=rate, served_over_offline=requests * n / wall / rate,
+                   offline_batch_s=batch_s, p95_over_offline_batch=p95 / batch_s)
     if check_alone:  # the same seeded requests, each decoded alone
         k = min(check_alone, requests)
         alone = [model.generate(("positive", "negative")[i % 2], n=n, seed=i) for i in range(k)]
@@ -137,13 +154,15 @@ def main() -> None:
     p.add_argument("--fairness", action="store_true",
                    help="instead: a lone request before and after abandoned ones, then a burst of 120 x 50 (503s)")
     p.add_argument("--max-wait", type=float, default=MAX_WAIT, help="the server's bound for --fairness (seconds)")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline generation of the same reviews")
     args = p.parse_args()
     if args.fairness:
         print(json.dumps(fairness(args.model, args.max_wait), indent=2))
         return
     if not (1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
         p.error("requests must be in 1..100000 and concurrency in 1..256")
-    print(json.dumps(run(args.model, args.requests, args.concurrency, args.n, args.check_alone), indent=2))
+    print(json.dumps(run(args.model, args.requests, args.concurrency, args.n, args.check_alone,
+                         not args.no_offline), indent=2))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def test_bounded_load_script_on_loopback(tiny_model_dir):
     from reviewgan.loadtest import run
     r = run(tiny_model_dir, requests=40, concurrency=8, n=2)
     assert r["errors"] == 0 and r["requests"] == 40 and 0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"]
+    # beside them, the same 80 reviews offline: the ratios are of figures from this one run
+    assert r["served_over_offline"] == pytest.approx(40 * 2 / r["wall_s"] / r["offline_reviews_per_s"])
+    assert r["p95_over_offline_batch"] == pytest.approx(r["p95_s"] / r["offline_batch_s"]) and r["offline_batch_s"] > 0
 
 
 def test_requests_that_queue_up_share_one_decode(tiny_model_dir):

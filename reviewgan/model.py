@@ -28,11 +28,12 @@ from .gan import Critic, Generator, Reader
 from .gan_slots import networks
 from .lm import ConditionalLM, PretrainedLM
 from .precision import compute_dtype
-from .pretrained import PretrainedAutoencoder, Rows, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
+from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
 from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
                       resolve_device, seeded_generator)
 from .rewrite import class_means, push
 from .slots import SlotAutoencoder
+from .stream import Rows, stream
 from .tokenizer import Tokenizer
 
 def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Tensor) -> Callable:
@@ -285,9 +286,9 @@ class ReviewGAN(Editing):
 
     @property
     def continuous(self) -> bool:
-        """Whether generation decodes by continuous batching (PretrainedAutoencoder.stream: the
-        pretrained family): the readable reference is `_decode_noise` and `_screen`, batch by batch."""
-        return self.continuous_batching and hasattr(self.autoencoder, "stream")
+        """Whether generation decodes by continuous batching (stream.py: the pretrained family): the
+        readable reference is `_decode_noise` and `_screen`, batch by batch."""
+        return self.continuous_batching and isinstance(self.autoencoder, PretrainedAutoencoder)
 
     continuous_batching = True  # False: the reference path (tests compare the two)
 
@@ -326,7 +327,7 @@ class ReviewGAN(Editing):
     SPECULATE_BELOW = 64
 
     def _stream(self, z, u, labels, cut, max_len, kw, drop=None):
-        """`_decode_noise` and `_screen` by continuous batching (PretrainedAutoencoder.stream): every
+        """`_decode_noise` and `_screen` by continuous batching (stream.stream): every
         row's first draw is queued, a review is read as it ends (in groups), and a redraw joins the
         batch as soon as a slot frees, so the matrix units see full batches instead of ever smaller
         rounds of redraws; near the end, next draws start early (SPECULATE_BELOW). Row i's k-th draw
@@ -397,8 +398,8 @@ class ReviewGAN(Editing):
             return out.repeat_interleave(tries)
 
         if B:
-            self.autoencoder.stream(draws([(i, 0) for i in range(B)]), max_len, finished, gone,
-                                    width=B * tries, spare=spare if tries > 1 else None)
+            stream(self.autoencoder, draws([(i, 0) for i in range(B)]), max_len, finished, gone,
+                   width=B * tries, spare=spare if tries > 1 else None)
         return [b[0] for b in best], [b[1] for b in best]
 
     def _codes_of_noise(self, z, labels):

@@ -3,7 +3,7 @@
     python scripts/batching_ab.py [N] [ROUNDS] [MODEL_DIR]
 
 Generates N positive reviews (default 1,000; seed = the round) by continuous batching
-(PretrainedAutoencoder.stream: finished reviews' slots refilled at the next step, the screen's next
+(stream.py: finished reviews' slots refilled at the next step, the screen's next
 draws joining as slots free) and by the reference (ReviewGAN._decode_noise and _screen: chunks of
 DECODE_ROWS, then the screen's redraws round by round), ROUNDS times each (default 2), and prints the
 seconds of each and how many of the first round's reviews are the same. They use the same random

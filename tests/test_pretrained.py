@@ -465,13 +465,14 @@ def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pre
     # reference (`_decode_noise`, `_screen`) decodes round by round. Same draws, same reviews (float32,
     # so another batch cannot round a token otherwise), whatever is speculated.
     import reviewgan.pretrained as P
+    import reviewgan.stream as S
     from reviewgan.config import apply_overrides
     model = ReviewGAN.from_pretrained(pretrained_dir)
     model.autoencoder.to(torch.float32)
     model.autoencoder.lm.dtype = torch.float32
     model.cfg = apply_overrides(model.cfg, ["sample.screen=0.9", "sample.screen_tries=3"])
     monkeypatch.setattr(ReviewGAN, "SPECULATE_BELOW", speculate_below)
-    monkeypatch.setattr(P, "STREAM_ROWS", 8)  # slots are refilled ...
+    monkeypatch.setattr(S, "STREAM_ROWS", 8)  # slots are refilled ...
     monkeypatch.setattr(P, "DECODE_ROWS", 8)  # ... and the reference decodes in chunks
     draws = []
     memory = model.autoencoder.memory.register_forward_hook(lambda m, args, out: draws.append(args[0].size(0)))

@@ -319,16 +319,9 @@ class PretrainedAutoencoder(nn.Module):
             logits[:, banned] = -float("inf")
             if steer is not None:
                 steer(logits, tokens, active)
-            tokens = logits.argmax(-1)
-            sample = ~greedy_rows[active]
-            if bool(sample.any()):
-                temp, p = (x[active] if torch.is_tensor(x) else x for x in per_row)
-                u = uniforms[active, t:t + 1] if uniforms is not None else None
-                if bool(torch.as_tensor(p >= 1.0).all()):
-                    drawn = sample_softmax_(logits, temp, generator, u)
-                else:
-                    drawn = sample_nucleus(logits, temp, p, generator, u)
-                tokens = torch.where(sample, drawn, tokens)
+            temp, p = (x[active] if torch.is_tensor(x) else x for x in per_row)
+            u = uniforms[active, t:t + 1] if uniforms is not None else None
+            tokens = next_tokens(logits, greedy_rows[active], temp, p, u, generator)
             out[active, t] = tokens
             done = tokens == tok.end_id
             if bool(done.any()):
@@ -356,6 +349,21 @@ def cached_embeddings(texts: list[str], name: str, embed) -> torch.Tensor:
     save_file({"codes": codes.contiguous()}, str(tmp))
     tmp.replace(path)
     return codes
+
+
+def next_tokens(logits, greedy, temperature, top_p, u=None, generator=None) -> torch.Tensor:
+    """Each row's next token from its float32 logits (B, V): the most likely where greedy (B,), else
+    drawn with its temperature and top_p (B, 1 or scalars) at its uniform u (B, 1; else drawn from
+    `generator`): how `_generate` and stream.stream pick them.
+    May overwrite logits."""
+    if bool(greedy.all()):
+        return logits.argmax(-1)
+    best = logits.argmax(-1) if bool(greedy.any()) else None  # (sampling overwrites the logits)
+    if bool(torch.as_tensor(top_p >= 1.0).all()):
+        drawn = sample_softmax_(logits, temperature, generator, u)
+    else:
+        drawn = sample_nucleus(logits, temperature, top_p, generator, u)
+    return drawn if best is None else torch.where(greedy, best, drawn)
 
 
 def sample_softmax_(logits: torch.Tensor, temperature, generator=None, u=None) -> torch.Tensor:

@@ -11,8 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .autoencoder import sample_nucleus
-from .pretrained import PretrainedAutoencoder, sample_softmax_
+from .pretrained import PretrainedAutoencoder, next_tokens
 
 # Slots of continuous batching (stream). Its cache is allocated whole, STREAM_ROWS x (memory slots +
 # max_len) positions: 289 MB for the bundled model, against at most 128 MiB for the batch-by-batch
@@ -26,8 +25,8 @@ HAND_OVER = 32
 
 
 @torch.no_grad()
-def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, drop=None, steer=None,
-           width: int | None = None, spare=None):
+def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished, drop=None, width: int | None = None,
+           spare=None) -> None:
     """Decode `rows` with the autoencoder's decoder in `width` slots (default: one per row; at most
     STREAM_ROWS); a review that ends leaves its slot and the next waiting one takes it at the next
     step, so the matrix units see full batches until the last reviews. Each row decodes as
@@ -36,10 +35,8 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, d
 
     finished(ids, token lists, ended flags) -> Rows to decode as well, or None: called with reviews
     as they end (the screen's redraws come back this way). drop() -> (n,) bools over ids: reviews to
-    stop (cancelled requests). steer(logits, tokens, ids) as in `_generate`, with row ids.
-    spare(free slots, busy slots) -> Rows or None: asked whenever none waits and a slot is free,
-    for work to fill them with (the screen's next draws, started early).
-    -> {id: (tokens, ended)} of every review, when `finished` is None; else None."""
+    stop (cancelled requests). spare(free slots, busy slots) -> Rows or None: asked whenever none
+    waits and a slot is free, for work to fill them with (the screen's next draws, started early)."""
     lm, tok, dev, M = ae.lm, ae.tokenizer, rows.codes.device, ae.memory_slots
     W = max(1, min(STREAM_ROWS, width or len(rows)))  # slots: up to STREAM_ROWS (memory)
     cache = lm.new_slot_cache(W, M + max_len)
@@ -54,7 +51,7 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, d
     banned = torch.tensor([i for i in tok.special_ids if i != tok.end_id], device=dev)
     V = lm.shape.vocab_size
     low, full = torch.empty(W, V, dtype=lm.dtype, device=dev), torch.empty(SAMPLE_ROWS, V, device=dev)
-    results, done_buf = ({} if finished is None else None), []
+    done_buf = []
     waiting = rows
 
     def hand_over():
@@ -63,9 +60,6 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, d
             return
         i, r, e = zip(*done_buf)
         done_buf.clear()
-        if finished is None:
-            results.update({k: (x, y) for k, x, y in zip(i, r, e)})
-            return
         more = finished(list(i), list(r), list(e))
         if more is not None and len(more):  # first in line: a review's next draw waits for its last
             waiting = Rows.cat(more, waiting)
@@ -126,8 +120,6 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, d
             r = slice(a, min(n, a + SAMPLE_ROWS))
             logits = full[:r.stop - a].copy_(low[r])  # float32
             logits[:, banned] = -float("inf")
-            if steer is not None:
-                steer(logits, tokens[r], ids[r])
             nxt[r] = next_tokens(logits, greedy[r], temp[r], top_p[r], draw[r])
         live = ids[:n] >= 0  # (a slot left free while too few reviews wait is computed, not kept)
         cache.advance(live)
@@ -142,28 +134,12 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished=None, d
             done_buf.append((int(ids[slot]), out[slot, :k].tolist(), bool(ended[slot])))
         ids[:n][stop] = -1
         cache.lengths[:n][stop] = 0  # a free slot is computed at length 0 until a review takes it
-    return results
-
-
-def next_tokens(logits, greedy, temperature, top_p, u) -> torch.Tensor:
-    """Each row's next token from its float32 logits (B, V): the most likely where greedy (B,), else
-    drawn with its temperature and top_p (B, 1) at its uniform u (B, 1), as `_generate` picks them.
-    May overwrite logits."""
-    if bool(greedy.all()):
-        return logits.argmax(-1)
-    best = logits.argmax(-1) if bool(greedy.any()) else None  # (sampling overwrites the logits)
-    if bool((top_p >= 1.0).all()):
-        drawn = sample_softmax_(logits, temperature, None, u)
-    else:
-        drawn = sample_nucleus(logits, temperature, top_p, None, u)
-    return drawn if best is None else torch.where(greedy, best, drawn)
 
 
 @dataclass
 class Rows:
-    """Reviews waiting for the decoder (stream), one entry per review: the
-    caller's id for it (the reviews of a request's rows: row numbers), its code, the uniforms its
-    sampling draws with (one per step), and its decoding settings."""
+    """Reviews waiting for the decoder (stream), one entry per review: the caller's id for it, its
+    code, the uniforms its sampling draws with (one per step), and its decoding settings."""
     ids: torch.Tensor  # (n,) long
     codes: torch.Tensor  # (n, C)
     uniforms: torch.Tensor  # (n, max_len)

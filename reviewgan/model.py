@@ -33,15 +33,15 @@ from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, 
                       resolve_device, seeded_generator)
 from .rewrite import class_means, push
 from .slots import SlotAutoencoder
-from .stream import Rows, stream
+from .stream import STREAM_ROWS, Rows, stream
 from .tokenizer import Tokenizer
 
-def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: torch.Tensor) -> Callable:
+def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: Callable[[], torch.Tensor]) -> Callable:
     """A batch's `cancelled() -> request indices` as the decoders' `drop() -> (B,) bools or None`:
-    owner (B,) holds each row's request."""
+    owner() -> (B,), each row's request (a stream that takes new requests grows it)."""
     def drop():
-        gone = cancelled()
-        return torch.isin(owner, torch.tensor(sorted(gone), dtype=torch.long, device=owner.device)) if gone else None
+        gone, rows = cancelled(), owner()
+        return torch.isin(rows, torch.tensor(sorted(gone), dtype=torch.long, device=rows.device)) if gone else None
     return drop
 
 
@@ -200,7 +200,9 @@ class ReviewGAN(Editing):
 
     @torch.no_grad()
     def generate_batch(self, requests: list[Request], rows: int | None = None, swap: bool = False,
-                       cancelled: Callable[[], Collection[int]] | None = None) -> list[list[Review] | None]:
+                       cancelled: Callable[[], Collection[int]] | None = None,
+                       more: Callable[[int], list[Request]] | None = None,
+                       answer: Callable[[int, list[Review]], None] | None = None) -> list[list[Review] | None]:
         """Decode several requests as one batch (the server's micro-batching).
 
         What a request's reviews depend on is its own: its noise and every sampling number are drawn
@@ -215,17 +217,88 @@ class ReviewGAN(Editing):
         between decoding steps; a cancelled request's rows leave the batch as ended rows do, the screen
         draws none of them again, and its entry in the result is None. The other requests' reviews are
         those of a run without it, up to the rounding a smaller batch can bring (above).
+
+        Continuous batching only (`continuous`, not `swap`): `more(free slots) -> requests` is asked
+        whenever slots are free and no review waits for one; the requests it gives (max_len at most
+        the first requests') join the running batch, after those given, in order. `answer(k, reviews)`
+        is called as soon as request k is done, so the server answers each request when its own
+        reviews are, not when the batch's last one is. The result lists every request's reviews.
         """
         dev, max_len = self.device, max(r.max_len for r in requests)
+        requests = list(requests)
         counts = [rows or r.n for r in requests]
-        # owner (B,): each row's request
         owner = torch.repeat_interleave(torch.arange(len(requests), device=dev), torch.tensor(counts, device=dev))
-        drop = None if cancelled is None else _rows_of_requests(cancelled, owner)
-        # Every random number a row may use is drawn up front, from its request's own generator: the
-        # first draw's noise and sampling numbers, then those of each redraw the screen may ask for.
+        drop = None if cancelled is None else _rows_of_requests(cancelled, lambda: owner)
+        draws = self._draw_up_front(requests, counts, max_len)
+        z, u, labels, cut, kw = draws
+        if self.is_lm:
+            ids, ended = self.autoencoder.generate(labels, max_len, **kw, drop=drop)
+        elif self.continuous and not swap:
+            left = list(counts)  # rows of each request not settled yet
+            got: dict[int, tuple[list[int], bool]] = {}
+
+            def grow(free: int):
+                nonlocal owner
+                new = more(free) if more is not None else None
+                if not new:
+                    return None
+                if max(r.max_len for r in new) > max_len:
+                    raise ValueError("requests given by `more` must not have a longer max_len than the batch's")
+                first = len(requests)
+                requests.extend(new)
+                n = [rows or r.n for r in new]
+                counts.extend(n)
+                left.extend(n)
+                owner = torch.cat([owner, torch.repeat_interleave(
+                    torch.arange(first, len(requests), device=dev), torch.tensor(n, device=dev))])
+                return self._draw_up_front(new, n, max_len)
+
+            def settled(done: list[tuple[int, list[int], bool]]):
+                for i, toks, ended_ in done:
+                    got[i] = (toks, ended_)
+                    k = int(owner[i])
+                    left[k] -= 1
+                    if not left[k] and answer is not None and k not in self._gone(cancelled):
+                        answer(k, self._reviews_of(requests[k], [got[j] for j in self._rows_of(counts, k)]))
+
+            joins = dict(grow=grow, width=STREAM_ROWS) if more is not None else {}  # all slots, for those to come
+            self._stream(z, u, labels, cut, max_len, kw, drop, settled=settled, **joins)
+            rows_out = [got.get(i, ([], False)) for i in range(sum(counts))]
+            ids, ended = [r[0] for r in rows_out], [r[1] for r in rows_out]
+        else:
+            to_decoder = 1 - labels if swap else labels
+            ids, ended = self._decode_noise(z[0], labels, to_decoder, max_len, kw, drop)
+            if self.screens:
+                ids, ended = self._screen(z, u, labels, to_decoder, cut, ids, ended, max_len, kw, drop)
+        gone = self._gone(cancelled)
+        return [None if k in gone else self._reviews_of(r, [(ids[i], ended[i]) for i in self._rows_of(counts, k)])
+                for k, r in enumerate(requests)]
+
+    @staticmethod
+    def _gone(cancelled) -> set[int]:
+        return set(cancelled()) if cancelled is not None else set()
+
+    @staticmethod
+    def _rows_of(counts: list[int], k: int) -> range:
+        """The rows of request k, whose requests have counts[j] rows each, in order."""
+        first = sum(counts[:k])
+        return range(first, first + counts[k])
+
+    def _reviews_of(self, r: Request, rows: list[tuple[list[int], bool]]) -> list[Review]:
+        """Request r's decoded rows -> its reviews. A request with a shorter max_len than its batch's:
+        its rows are cut where it would have stopped."""
+        return self._reviews([t[:r.max_len] for t, _ in rows], [e and len(t) < r.max_len for t, e in rows],
+                             SENTIMENTS[r.label])
+
+    def _draw_up_front(self, requests: list[Request], counts: list[int], max_len: int):
+        """Every random number the rows of `requests` (counts[k] rows for request k) may use, drawn
+        from each request's own generator: the first draw's noise and sampling numbers, then those of
+        each redraw the screen may ask for. -> z (a (B, noise_dim) tensor per draw, None for the LM),
+        u (a (B, max_len) tensor per draw), labels (B,), each row's max_len, and the decoding settings."""
+        dev = self.device
         tries = self.cfg.sample.screen_tries if self.screens else 1
         z, u = [[] for _ in range(tries)], [[] for _ in range(tries)]
-        labels, temp, top_p, greedy = [], [], [], []
+        labels, temp, top_p, greedy, cut = [], [], [], [], []
         for r, b in zip(requests, counts):
             for k in range(tries):
                 if not self.is_lm:
@@ -235,34 +308,12 @@ class ReviewGAN(Editing):
             temp += [r.temperature] * b
             top_p += [r.top_p] * b
             greedy += [r.greedy] * b
+            cut += [r.max_len] * b
         z = [torch.cat(x) for x in z] if not self.is_lm else None
         u = [torch.cat(x) for x in u]
-        labels = torch.tensor(labels, dtype=torch.long, device=dev)
         kw = dict(greedy=torch.tensor(greedy, device=dev), temperature=torch.tensor(temp, device=dev)[:, None],
                   top_p=torch.tensor(top_p, device=dev)[:, None], uniforms=u[0])
-        cut = [requests[i].max_len for i in owner.tolist()]
-        if self.is_lm:
-            ids, ended = self.autoencoder.generate(labels, max_len, **kw, drop=drop)
-        elif self.continuous and not swap:
-            ids, ended = self._stream(z, u, labels, cut, max_len, kw, drop)
-        else:
-            to_decoder = 1 - labels if swap else labels
-            ids, ended = self._decode_noise(z[0], labels, to_decoder, max_len, kw, drop)
-            if self.screens:
-                ids, ended = self._screen(z, u, labels, to_decoder, cut, ids, ended, max_len, kw, drop)
-        gone = set(cancelled()) if cancelled is not None else set()
-        out, i = [], 0
-        for k, (r, b) in enumerate(zip(requests, counts)):
-            if k in gone:
-                out.append(None)
-                i += b
-                continue
-            # A request with a shorter max_len than the batch's: cut its rows where it would have stopped.
-            cut = [x[:r.max_len] for x in ids[i:i + b]]
-            ends = [e and len(x) < r.max_len for x, e in zip(ids[i:i + b], ended[i:i + b])]
-            out.append(self._reviews(cut, ends, SENTIMENTS[r.label]))
-            i += b
-        return out
+        return z, u, torch.tensor(labels, dtype=torch.long, device=dev), cut, kw
 
     def _noise(self, r: Request, rows: int) -> torch.Tensor:
         """The generator's noise for `rows` reviews of request r, from its own generator."""
@@ -326,19 +377,26 @@ class ReviewGAN(Editing):
     # its current one: wasted if the current one reads as asked, but the slots were idle.
     SPECULATE_BELOW = 64
 
-    def _stream(self, z, u, labels, cut, max_len, kw, drop=None):
+    def _stream(self, z, u, labels, cut, max_len, kw, drop=None, grow=None, settled=None, width=None):
         """`_decode_noise` and `_screen` by continuous batching (stream.stream): every
         row's first draw is queued, a review is read as it ends (in groups), and a redraw joins the
         batch as soon as a slot frees, so the matrix units see full batches instead of ever smaller
         rounds of redraws; near the end, next draws start early (SPECULATE_BELOW). Row i's k-th draw
         uses z[k][i], u[k][i] as in `_screen`, and a review is settled from its draws in their order
         (the first that reads as asked, else the best read of all), so the reviews are `_screen`'s, up
-        to the rounding a batch of other rows can bring. `drop` as in `_screen`."""
-        s, B, dev = self.cfg.sample, labels.numel(), labels.device
+        to the rounding a batch of other rows can bring. `drop` as in `_screen`.
+
+        grow(free slots) -> more rows, as `_draw_up_front` gives them, or None: asked when slots are
+        free and nothing waits (before any early next draw); their first draws join the batch.
+        settled([(row, tokens, ended)]) is told of rows as they are settled. -> tokens, ended per row."""
+        s, dev = self.cfg.sample, labels.device
         tries = len(z) if self.screens else 1
+        B = labels.numel()
+        z, u, cut = list(z), list(u), list(cut)
+        kw = dict(kw)
         read = {}  # (row, draw) -> (tokens, ended, score)
         sent = [0] * B  # draws of each row given to the decoder
-        settled = torch.zeros(B, dtype=torch.bool, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
         best = [([], False)] * B
 
         def settle(i: int) -> int:
@@ -351,7 +409,7 @@ class ReviewGAN(Editing):
                 k += 1
                 if not self.screens or top >= s.screen or k == tries:
                     best[i] = pick
-                    settled[i] = True
+                    done[i] = True
                     break
             return k
 
@@ -368,7 +426,7 @@ class ReviewGAN(Editing):
 
         def finished(ids, toks, ends):
             rows = [i // tries for i in ids]
-            live = [j for j, i in enumerate(rows) if not settled[i]]
+            live = [j for j, i in enumerate(rows) if not done[i]]
             if not live:
                 return None
             if self.screens:
@@ -378,28 +436,47 @@ class ReviewGAN(Editing):
                 got = torch.ones(len(live))
             for j, g in zip(live, got.tolist()):
                 read[rows[j], ids[j] % tries] = (toks[j], ends[j], g)
-            nxt = []
+            nxt, now = [], []
             for i in dict.fromkeys(rows[j] for j in live):  # (in order, once each)
                 back = settle(i)
-                if not settled[i] and back == sent[i] and sent[i] < tries:
+                if done[i]:
+                    now.append((i, *best[i]))
+                elif back == sent[i] and sent[i] < tries:
                     nxt.append((i, sent[i]))
+            if now and settled is not None:
+                settled(now)
             return draws(nxt) if nxt else None
 
         def spare(free: int, in_flight: int):
-            if in_flight >= self.SPECULATE_BELOW:
+            nonlocal B, labels, done
+            new = grow(free) if grow is not None else None
+            if new is not None:  # new rows: their first draws take the free slots
+                nz, nu, nlabels, ncut, nkw = new
+                first, B = B, B + nlabels.numel()
+                for k in range(tries):
+                    z[k], u[k] = torch.cat([z[k], nz[k]]), torch.cat([u[k], nu[k]])
+                labels = torch.cat([labels, nlabels])
+                cut.extend(ncut)
+                for key in ("greedy", "temperature", "top_p"):
+                    kw[key] = torch.cat([kw[key], nkw[key]])
+                done = torch.cat([done, torch.zeros(B - first, dtype=torch.bool, device=dev)])
+                sent.extend([0] * (B - first))
+                best.extend([([], False)] * (B - first))
+                return draws([(i, 0) for i in range(first, B)])
+            if tries == 1 or in_flight >= self.SPECULATE_BELOW:
                 return None
-            ahead = [(i, sent[i]) for i in range(B) if not settled[i] and 0 < sent[i] < tries
+            ahead = [(i, sent[i]) for i in range(B) if not done[i] and 0 < sent[i] < tries
                      and (i, sent[i] - 1) not in read]  # its last draw is still being decoded
             ahead = ahead[:min(free, self.SPECULATE_BELOW - in_flight)]
             return draws(ahead) if ahead else None
 
         def gone():
-            out = settled if drop is None or (cancelled := drop()) is None else settled | cancelled
+            out = done if drop is None or (cancelled := drop()) is None else done | cancelled
             return out.repeat_interleave(tries)
 
         if B:
             stream(self.autoencoder, draws([(i, 0) for i in range(B)]), max_len, finished, gone,
-                   width=B * tries, spare=spare if tries > 1 else None)
+                   width=width or B * tries, spare=spare if tries > 1 or grow is not None else None)
         return [b[0] for b in best], [b[1] for b in best]
 
     def _codes_of_noise(self, z, labels):

@@ -133,6 +133,12 @@ class Batcher:
     batches alternate between a few requests and many, and each request waits for two decodes
     (docs/PERFORMANCE.md). A lone request pays the wait once, against a decode of a second or more.
 
+    Where the model decodes by continuous batching (the pretrained family), requests that arrive
+    while a batch decodes join it as its slots free up (`join`; generate_batch's `more`), and each
+    request is answered when its own reviews are done: a request no longer waits for the batch ahead
+    of it, nor for the slowest review of its own batch. A queued job, or a request for longer reviews
+    than the batch's, stops the joining; the batch then runs out and the job runs next.
+
     threads: the worker's intra-op threads. OpenMP gives each thread that computes its own team of
     threads; with a second team in the process (the main thread's, from loading the model) there
     are more threads than cores, OpenMP stops spinning between the thousands of small kernels of a
@@ -148,7 +154,8 @@ class Batcher:
     """
 
     def __init__(self, model: ReviewGAN, max_rows: int = 500, gather_s: float = GATHER_S, threads: int | None = None,
-                 max_wait: float | None = None, s_per_review: float = S_PER_REVIEW, s_per_job: float = S_PER_JOB):
+                 max_wait: float | None = None, s_per_review: float = S_PER_REVIEW, s_per_job: float = S_PER_JOB,
+                 join: bool = True):
         self.model, self.max_rows, self.gather_s, self.threads = model, max_rows, gather_s, threads
         self.max_wait, self.s_per_review, self.s_per_job = max_wait, s_per_review, s_per_job
         self.batches = self.requests = 0  # counters, for /api/health and tests
@@ -156,6 +163,8 @@ class Batcher:
         self.lock = threading.Lock()  # guards the counts below and each _Work's state
         self.waiting_rows = self.waiting_jobs = self.running_rows = self.running_jobs = 0
         self.queue: queue.Queue = queue.Queue()
+        self.join = join
+        self._held = _NOTHING  # what ended the gathering or joining of a batch: the worker's next item
         self.thread = threading.Thread(target=self._run, daemon=True, name="reviewgan-batcher")
         self.thread.start()
 
@@ -226,10 +235,10 @@ class Batcher:
     def _run(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        held = _NOTHING  # what ended the gathering of a batch (a job, or closing): next after it
         while True:
-            item = self.queue.get() if held is _NOTHING else held
-            held = _NOTHING
+            # what ended the gathering of a batch, or its joining (a job, or closing) comes next
+            item = self.queue.get() if self._held is _NOTHING else self._held
+            self._held = _NOTHING
             if item is None:
                 return
             if item.fut.cancelled():  # its caller gave up while it waited
@@ -245,7 +254,7 @@ class Batcher:
                 except queue.Empty:
                     break
                 if nxt is None or not nxt.rows:
-                    held = nxt
+                    self._held = nxt
                     break
                 if not nxt.fut.cancelled():
                     batch.append(nxt)
@@ -256,14 +265,46 @@ class Batcher:
         batch = self._start(batch)
         if not batch:
             return
-        rows = sum(it.rows for it in batch)
         self.batches += 1
+        rows0 = self.reviews  # the batch's reviews, those that join it included, are the count's growth
         self.requests += len(batch)
-        self.reviews += rows
+        self.reviews += sum(it.rows for it in batch)
         t0 = time.perf_counter()
+        futures = [it.fut for it in batch]  # grows as requests join
+        max_len = max(it.work.max_len for it in batch)
+
+        def more(free: int) -> list[GenRequest]:
+            """Requests queued since the batch started, for the stream to take (generate_batch's `more`),
+            while fewer than max_rows reviews are in flight. A job (or closing) waits for the stream's
+            end, and stops the joining so the stream ends; so does a request for longer reviews."""
+            joined = []
+            while self._held is _NOTHING and self.running_rows + sum(it.rows for it in joined) < self.max_rows:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or not nxt.rows or nxt.work.max_len > max_len:
+                    self._held = nxt
+                elif not nxt.fut.cancelled():
+                    joined.append(nxt)
+            joined = self._start(joined)
+            batch.extend(joined)
+            futures.extend(it.fut for it in joined)
+            self.requests += len(joined)
+            self.reviews += sum(it.rows for it in joined)
+            return [it.work for it in joined]
+
+        def answer(k: int, reviews: list) -> None:
+            try:
+                batch[k].fut.set_result(reviews)
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
         cancelled = lambda: {i for i, it in enumerate(batch) if it.fut.cancelled()}  # noqa: E731
-        ok = _settle([it.fut for it in batch], lambda: self.model.generate_batch([it.work for it in batch],
-                                                                                 cancelled=cancelled))
+        join = dict(more=more, answer=answer) if self.join and self.model.continuous else {}
+        ok = _settle(futures, lambda: self.model.generate_batch([it.work for it in batch], cancelled=cancelled,
+                                                                **join))
+        rows = self.reviews - rows0
         if ok and not cancelled():  # a batch cut short measures nothing
             # an average over about the last RATE_HALF_LIFE reviews decoded: a batch of a few reviews,
             # slow per review, barely moves it, and full batches (what a long queue makes) set it

@@ -487,6 +487,73 @@ def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pre
     assert model.generate("negative", n=5, seed=1, greedy=False, records=True) == plain
 
 
+@pytest.mark.parametrize("screen", [0.9, 0.0])
+def test_requests_that_join_a_running_stream_get_the_reviews_they_get_alone(pretrained_dir, screen, monkeypatch):
+    # The server's requests join a running batch (generate_batch's `more`) and are answered as soon as
+    # their own reviews are done (`answer`), before the batch's last. Each request's reviews are its
+    # own draws', as alone (float32: no other batch size rounds a token otherwise).
+    import reviewgan.stream as S
+    from reviewgan.config import apply_overrides
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32
+    model.cfg = apply_overrides(model.cfg, [f"sample.screen={screen}", "sample.screen_tries=3"])
+    monkeypatch.setattr(S, "STREAM_ROWS", 8)
+
+    def requests():  # each request's generator is seeded: a fresh list draws the same numbers
+        ask = lambda label, n, seed, max_len=None: model.request(label, n=n, seed=seed, max_len=max_len)  # noqa: E731
+        return [ask("positive", 6, 1), ask("negative", 2, 2)], [[ask("negative", 3, 3), ask("positive", 1, 4, max_len=8)],
+                                                                 [], [ask("positive", 4, 5)]]
+
+    first, later = requests()
+    asked, answered = [], []
+
+    def more(free):
+        asked.append(free)
+        assert 0 < free <= 8
+        return later.pop(0) if later else []
+
+    out = model.generate_batch(first, more=more, answer=lambda k, reviews: answered.append((k, reviews)))
+    assert not later and len(out) == 5  # every request joined, after the first ones, in order
+    first, later = requests()
+    assert out == [model.generate_batch([r])[0] for r in first + [r for part in later for r in part]]
+    assert sorted(k for k, _ in answered) == list(range(5)) and all(out[k] == r for k, r in answered)
+
+
+def test_the_server_lets_a_request_join_the_batch_decoding_and_answers_each_when_it_is_done(pretrained_dir,
+                                                                                           monkeypatch):
+    # serve.Batcher: a request that arrives while a batch decodes joins it (continuous batching) as
+    # slots free; the first is answered as soon as its own reviews are done, while the second still
+    # decodes in the same batch. Same reviews as alone (float32).
+    import time
+
+    import reviewgan.stream as S
+    from reviewgan.serve import Batcher
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32
+    monkeypatch.setattr(S, "STREAM_ROWS", 4)
+    hidden = model.autoencoder.lm.hidden
+    monkeypatch.setattr(model.autoencoder.lm, "hidden", lambda *a, **k: (time.sleep(0.005), hidden(*a, **k))[1])
+    one = lambda: model.request("negative", n=4, seed=1, greedy=False)  # noqa: E731
+    two = lambda: model.request("positive", n=12, seed=2, greedy=False)  # noqa: E731
+    batcher = Batcher(model, gather_s=0)
+    try:
+        first = batcher.submit(one())
+        end = time.monotonic() + 30
+        while batcher.stats()["decoding_reviews"] == 0:
+            assert time.monotonic() < end
+            time.sleep(0.002)
+        second = batcher.submit(two())
+        got_first = first.result(timeout=60)
+        assert not second.done()  # (12 reviews in 4 slots: at least three reviews' time after the first)
+        got_second = second.result(timeout=60)
+        assert batcher.stats()["batches"] == 1 and batcher.stats()["requests"] == 2
+    finally:
+        batcher.close()
+    assert got_first == model.generate_batch([one()])[0] and got_second == model.generate_batch([two()])[0]
+
+
 def test_a_slot_cache_step_computes_what_the_shared_cache_computes(pretrained_dir):
     # llama.SlotCache (each row at its own position, attention over whole masked slots) against KVCache
     # (one position for all) on rows that start together: the same final states at every step.

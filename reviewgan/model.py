@@ -235,7 +235,7 @@ class ReviewGAN(Editing):
             ids, ended = self.autoencoder.generate(labels, max_len, **kw, drop=drop)
         elif self.continuous and not swap:
             left = list(counts)  # rows of each request not settled yet
-            got: dict[int, tuple[list[int], bool]] = {}
+            got: dict[int, tuple[list[int], bool]] = {}  # settled rows, for answering their requests
 
             def grow(free: int):
                 nonlocal owner
@@ -262,9 +262,7 @@ class ReviewGAN(Editing):
                         answer(k, self._reviews_of(requests[k], [got[j] for j in self._rows_of(counts, k)]))
 
             joins = dict(grow=grow, width=STREAM_ROWS) if more is not None else {}  # all slots, for those to come
-            self._stream(z, u, labels, cut, max_len, kw, drop, settled=settled, **joins)
-            rows_out = [got.get(i, ([], False)) for i in range(sum(counts))]
-            ids, ended = [r[0] for r in rows_out], [r[1] for r in rows_out]
+            ids, ended = self._stream(z, u, labels, cut, max_len, kw, drop, settled=settled, **joins)
         else:
             to_decoder = 1 - labels if swap else labels
             ids, ended = self._decode_noise(z[0], labels, to_decoder, max_len, kw, drop)

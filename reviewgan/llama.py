@@ -12,7 +12,9 @@ three things added for reviewgan:
   W + (alpha / r) B A is trained, and `merge_lora` folds it into W for generation;
 - **a KV cache that drops finished rows**, so batched decoding stops paying for reviews that ended,
   and **a slot cache** for continuous batching, where each row is at its own position and a row that
-  ends gives its slot to the next review (SlotCache; KVCache is its reference).
+  ends gives its slot to the next review (SlotCache; KVCache is its reference);
+- **pre-packed weights** for generation (`Llama.pack`): each projection's weight held in oneDNN's
+  blocked layout once, instead of oneDNN re-laying it out at every product (F.linear, the reference).
 
 The residual stream is float32; the frozen weights and the matmuls run in `dtype`: bfloat16 on a CPU
 with AVX512-BF16 or AMX (about twice float32's speed there), float32 on one without, where bf16 is
@@ -65,6 +67,17 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
 
 
+# The row count oneDNN is told to expect when it lays a weight out (any count then works): the stream's
+# batches run from a few rows to 256.
+PACK_ROWS = 64
+
+
+def can_pack(dtype: torch.dtype, device: torch.device | str = "cpu") -> bool:
+    """Whether this PyTorch can hold a weight pre-packed for oneDNN's products in `dtype` on `device`."""
+    return (torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float32)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
 class Linear(nn.Module):
     """A frozen bias-free projection, optionally with a trainable LoRA update (B starts at zero, so
     training starts from the base model exactly)."""
@@ -75,6 +88,39 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(d_out, d_in, dtype=dtype), requires_grad=False)
         self.lora_a = self.lora_b = None
         self.scale = 0.0
+        self.packed: torch.Tensor | None = None  # the weight in oneDNN's layout (pack), or None
+
+    @torch.no_grad()
+    def pack(self) -> None:
+        """Generation only: hold the weight in oneDNN's blocked layout, laid out once here. F.linear
+        lays out a bf16 weight again at every product: at the 16-80 rows of a decoding step that was
+        ~30 % of a projection's time (576 -> 1536 at 16 rows: 160 us against 90 us packed, the same
+        numbers; 2-core AMD EPYC). The packed copy replaces the weight, so memory does not grow."""
+        if self.lora_a is not None:
+            raise ValueError("merge LoRA before packing")
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_ROWS)
+        self.weight.data = self.weight.data.new_empty(0)
+
+    @torch.no_grad()
+    def unpack(self) -> None:
+        if self.packed is not None:
+            self.weight.data = self.packed.to_dense()
+            self.packed = None
+
+    def _apply(self, fn, recurse=True):
+        """.to(dtype or device) of a packed projection: unpacked, converted, and packed again where it can be."""
+        if self.packed is None:
+            return super()._apply(fn, recurse)
+        self.unpack()
+        super()._apply(fn, recurse)
+        if can_pack(self.weight.dtype, self.weight.device):
+            self.pack()
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed is not None:  # a packed model saves the weight it holds
+            destination[prefix + "weight"] = self.packed.to_dense()
 
     def add_lora(self, rank: int, alpha: float) -> None:
         d_out, d_in = self.weight.shape
@@ -90,6 +136,8 @@ class Linear(nn.Module):
             self.lora_a = self.lora_b = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:  # generation (pack); F.linear below is the reference
+            return torch.ops.mkldnn._linear_pointwise(x.to(self.packed.dtype), self.packed, None, "none", [], "")
         x = x.to(self.weight.dtype)
         y = F.linear(x, self.weight)
         if self.lora_a is not None:
@@ -335,11 +383,38 @@ class Llama(nn.Module):
     def set_dtype(self, dtype: torch.dtype) -> None:
         """Run in `dtype` (precision.compute_dtype): the frozen weights are cast to it; LoRA, norms and
         the residual stream stay float32."""
+        packed = self.packed
+        self.unpack()
         self.embed_tokens.weight.data = self.embed_tokens.weight.data.to(dtype)
         for m in self.modules():
             if isinstance(m, Linear):
                 m.weight.data = m.weight.data.to(dtype)
         self.dtype = dtype
+        if packed:
+            self.pack()
+
+    @property
+    def packed(self) -> bool:
+        return any(m.packed is not None for m in self.modules() if isinstance(m, Linear))
+
+    def pack(self) -> None:
+        """Generation only (after merge_lora): every projection's weight pre-packed (Linear.pack); the
+        embedding, which is also the output layer, stays as it is."""
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.pack()
+        # The base's weights share the buffer its safetensors file was loaded into, which lives while any
+        # of them does: copying out the few left (embedding, norms) lets it go, or the packed copies
+        # would come on top of it (+170 MB of generation's peak RSS).
+        with torch.no_grad():
+            for w in self.parameters():
+                if w.numel():
+                    w.data = w.data.clone()
+
+    def unpack(self) -> None:
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.unpack()
 
     def add_lora(self, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
         """LoRA on the named projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""

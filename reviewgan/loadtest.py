@@ -51,14 +51,15 @@ async def _load(url: str, requests: int, concurrency: int, n: int) -> tuple[list
 
 
 def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check_alone: int = 0,
-        offline: bool = True, join: bool = True) -> dict:
+        offline: bool = True, join: bool = True, pack: bool | None = None) -> dict:
     """The load test's figures; with `offline`, beside them the same reviews generated without the
     server, in one call (offline_reviews_per_s; served_over_offline is the served rate over it) and
     the first `concurrency` requests as one batch (offline_batch_s; p95_over_offline_batch). `join`:
-    requests join the batch decoding (serve.Batcher's join; False: each batch decodes to its end)."""
+    requests join the batch decoding (serve.Batcher's join; False: each batch decodes to its end).
+    `pack`: ReviewGAN.from_pretrained's (None: pre-packed weights where this PyTorch can hold them)."""
     threads = load_for_serving_threads()  # as `reviewgan serve` loads it
     try:
-        model = ReviewGAN.from_pretrained(model_dir)
+        model = ReviewGAN.from_pretrained(model_dir, pack=pack)
         app = create_app(model, threads)
         app.state.batcher.join = join
         with running_server(app) as url:
@@ -69,7 +70,9 @@ def run(model_dir, requests: int = 500, concurrency: int = 16, n: int = 5, check
     finally:
         torch.set_num_threads(threads)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-    out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "join": join, "errors": errors,
+    lm = getattr(model.autoencoder, "lm", None)
+    out = {"requests": requests, "concurrency": concurrency, "reviews_per_request": n, "join": join,
+           "packed": bool(lm is not None and lm.packed), "errors": errors,
            "requests_per_s": requests / wall, "p50_s": p50, "p95_s": p95, "p99_s": p99, "wall_s": wall,
            "requests_per_batch": health["requests"] / max(health["batches"], 1)}
     if offline:  # the same reviews without the server: all in one call, and one client-batch's worth
@@ -160,6 +163,8 @@ def main() -> None:
     p.add_argument("--no-offline", action="store_true", help="skip the offline generation of the same reviews")
     p.add_argument("--no-join", action="store_true",
                    help="requests do not join a batch decoding: each batch decodes to its end (to compare)")
+    p.add_argument("--no-pack", action="store_true",
+                   help="the decoder's weights are not pre-packed: every product through F.linear (to compare)")
     args = p.parse_args()
     if args.fairness:
         print(json.dumps(fairness(args.model, args.max_wait), indent=2))
@@ -167,7 +172,7 @@ def main() -> None:
     if not (1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
         p.error("requests must be in 1..100000 and concurrency in 1..256")
     print(json.dumps(run(args.model, args.requests, args.concurrency, args.n, args.check_alone,
-                         not args.no_offline, not args.no_join), indent=2))
+                         not args.no_offline, not args.no_join, False if args.no_pack else None), indent=2))
 
 
 if __name__ == "__main__":

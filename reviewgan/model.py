@@ -26,6 +26,7 @@ from .data import SENTIMENTS, clean_text
 from .editing import Editing
 from .gan import Critic, Generator, Reader
 from .gan_slots import networks
+from .llama import can_pack
 from .lm import ConditionalLM, PretrainedLM
 from .precision import compute_dtype
 from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_kernel_cache, release_free_memory
@@ -115,10 +116,13 @@ class ReviewGAN(Editing):
                 m.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto") -> ReviewGAN:
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
+                        pack: bool | None = None) -> ReviewGAN:
         """Load a model directory written by `reviewgan train` (or the bundled model if `path` is None).
         dtype: auto | bf16 | fp32, the precision it computes in (precision.compute_dtype: auto is bf16
-        where the matrix units have it natively); the weights on disk are the same in either."""
+        where the matrix units have it natively); the weights on disk are the same in either.
+        pack: hold the pretrained decoder's weights pre-packed for oneDNN (llama.Linear.pack; None:
+        wherever this PyTorch can); False decodes through F.linear, the reference."""
         if path is None:
             path = default_model_dir()
             if path is None:
@@ -142,6 +146,8 @@ class ReviewGAN(Editing):
         load_weights(ae, path / stage1_file(cfg), dev)
         if base is not None:
             ae.merge_lora()  # generation only from here: LoRA folded into the base weights
+            if can_pack(precision, dev) if pack is None else pack:
+                ae.lm.pack()
         if gen is not None and "gan" in stages:
             load_weights(gen, path / "generator.safetensors", dev)
             if (path / "critic.safetensors").exists():  # a released model may drop the critic

@@ -8,7 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the pretrained family needs transformers")
 
-from reviewgan.llama import Llama, LlamaShape  # noqa: E402
+from reviewgan.llama import Llama, LlamaShape, can_pack  # noqa: E402
 
 
 def tiny_pair(seed=0):
@@ -72,6 +72,40 @@ def test_a_growing_cache_computes_the_full_pass(monkeypatch):
         assert cache.store[0].size(0) == rows.numel() == 2  # the last growth kept only the rows still writing
         with pytest.raises(ValueError, match="holds 10 positions"):
             cache.append(0, torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))
+
+
+@pytest.mark.skipif(not can_pack(torch.float32), reason="this PyTorch has no oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_decode_as_f_linear_does_and_save_the_weights_they_hold(dtype):
+    # Llama.pack (generation) holds each projection in oneDNN's layout; F.linear is the reference.
+    # Decoding with memory and a KV cache gives the same logits within the dtype's rounding, and a
+    # packed model's state dict holds exactly the weights it was packed from.
+    _, ref = tiny_pair()
+    _, m = tiny_pair()
+    ref.set_dtype(dtype)
+    m.set_dtype(dtype)
+    m.pack()
+    assert m.packed and not ref.packed
+    assert all(lin.weight.numel() == 0 for lin in m.modules() if hasattr(lin, "lora_a"))  # no dense copy kept
+    ids = torch.randint(0, 100, (3, 6))
+    memory = [(torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8)) for _ in range(2)]
+    with torch.no_grad():
+        got, want = [], []
+        for model, out in ((m, got), (ref, want)):
+            cache = model.new_cache(3, 2 + 6)
+            cache.put_memory([(k.to(dtype), v.to(dtype)) for k, v in memory])
+            for t in range(6):
+                out.append(model.logits(model.hidden(model.embed(ids[:, t:t + 1]), t, cache=cache)).float())
+    got, want = torch.cat(got, 1), torch.cat(want, 1)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (got - want).abs().max() <= tol * want.abs().max()
+    saved = m.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in ref.state_dict().items())
+    m.set_dtype(torch.float32)  # a packed model changes precision packed
+    assert m.packed and m.layers[0].mlp.up_proj.packed.dtype == torch.float32
+    m.unpack()
+    assert not m.packed
+    assert all(torch.equal(m.state_dict()[k], v.float()) for k, v in ref.state_dict().items())
 
 
 def test_logits_written_into_a_buffer_are_the_same():

@@ -436,6 +436,23 @@ def test_the_same_weights_compute_in_either_precision(pretrained_dir):
     assert torch.nn.functional.cosine_similarity(low, ref, dim=-1).min() > 0.999
 
 
+def test_loading_for_generation_packs_the_decoder_where_it_can_and_computes_the_same(pretrained_dir):
+    # from_pretrained holds the decoder's projections pre-packed (llama.Linear.pack) wherever this
+    # PyTorch can; pack=False keeps F.linear, the reference. Same logits within bf16's rounding.
+    from reviewgan.llama import can_pack
+    packed, plain = ReviewGAN.from_pretrained(pretrained_dir), ReviewGAN.from_pretrained(pretrained_dir, pack=False)
+    assert packed.autoencoder.lm.packed == can_pack(packed.autoencoder.lm.dtype) and not plain.autoencoder.lm.packed
+    codes = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    logits = []
+    for model in (packed, plain):
+        lm = model.autoencoder.lm
+        memory, offset = model.autoencoder.memory(codes)
+        with torch.no_grad():
+            logits.append(lm.logits(lm.hidden(lm.embed(torch.full((4, 3), 5)) + offset, memory=memory)).float())
+    assert (logits[0] - logits[1]).abs().max() <= 0.03 * logits[1].abs().max()
+    assert len(packed.generate("negative", n=3, seed=0)) == 3
+
+
 def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_csv, tiny_base, tmp_path):
     # The pretrained family's baseline (--preset pretrained-lm): the same decoder, conditioned on the
     # sentiment alone. Its folder holds the LoRA and the two control slots; it has no codes.

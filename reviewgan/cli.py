@@ -54,7 +54,8 @@ def cmd_generate(args) -> int:
         raise ValueError(f"-n must be between 1 and {MAX_GENERATE}, got {args.n}")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
     sets = [f"sample.{k}={v!r}" for k, v in (("noise_scale", args.noise_scale), ("push", args.push),
-                                              ("screen", args.screen)) if v is not None]
+                                              ("screen", args.screen), ("screen_cos", args.screen_cos))
+            if v is not None]
     if sets:  # range-checked like every config value
         from .config import apply_overrides
         model.cfg = apply_overrides(model.cfg, sets)
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "direction toward its sentiment (default: the model's sample.push): clearer sentiment, less variety")
     g.add_argument("--screen", type=float, help="draw a review again when the model's reader, reading the review "
                    "back, gives its sentiment a probability below this (default: the model's sample.screen; 0: off)")
+    g.add_argument("--screen-cos", type=float, help="with the screen, also draw a review again when its own code "
+                   "(the review read back) has cosine below this to the code it was decoded from (default: the "
+                   "model's sample.screen_cos; 0: off): the asked-for sentiment more often, ~1.6x the decoding")
     g.add_argument("--greedy", action="store_true", help="argmax decoding, as in the paper")
     g.add_argument("--max-len", type=int, help="maximum tokens per review (default: the model's max_len)")
     g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")

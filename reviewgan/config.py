@@ -125,7 +125,10 @@ class SampleConfig:
     noise_scale: float = 1.0  # sd of the generator's noise at generation; below 1 draws more typical codes (the truncation trick)
     push: float = 0.0  # generated codes move this far along the generator's sentiment direction toward their label (rewrite.push)
     screen: float = 0.0  # redraw a review whose own code (the decoded text re-encoded) the model's reader gives its sentiment with a probability below this (0 = off)
-    screen_tries: int = 4  # draws per review at most when screening; the one read most clearly as its sentiment is kept
+    # with screen: also redraw a review whose own code has cosine below this to the code it was decoded
+    # from (it does not say what its code says; readers rate such reviews less coherent) (0 = off)
+    screen_cos: float = 0.0
+    screen_tries: int = 4  # draws per review at most when screening; the one that passes best is kept
 
 
 @dataclass
@@ -244,7 +247,7 @@ RANGES = [
     ("train", "seed", 0, 2**63 - 1), ("train", "log_every", 1, 1e12), ("train", "ckpt_every", 1, 1e12),
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
     ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
-    ("sample", "push", 0.0, 10.0), ("sample", "screen", 0.0, 0.99), ("sample", "screen_tries", 1, 20),
+    ("sample", "push", 0.0, 10.0), ("sample", "screen", 0.0, 0.99), ("sample", "screen_cos", 0.0, 0.99), ("sample", "screen_tries", 1, 20),
     ("rewrite", "strength", 0.0, 10.0), ("rewrite", "copy", 0.0, 100.0),
     ("rewrite", "invert_steps", 1, 10_000),
     ("rewrite", "temperature", 0.01, 100.0), ("rewrite", "unclear_band", 0.0, 0.5), ("rewrite", "min_words", 0, 1000),

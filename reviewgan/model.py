@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .autoencoder import Autoencoder, drop_rows
 from .base import Base, load_base
@@ -337,7 +338,11 @@ class ReviewGAN(Editing):
     @property
     def screens(self) -> bool:
         """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
-        return not self.is_lm and self.cfg.sample.screen > 0
+        s = self.cfg.sample
+        if s.screen_cos > 0 and s.screen == 0:
+            raise ConfigError("sample.screen_cos is a second test of the screen's: set sample.screen too (0.6 reads "
+                              "the sentiment as the bundled model does; 0.01 leaves it to the cosine)")
+        return not self.is_lm and s.screen > 0
 
     @property
     def continuous(self) -> bool:
@@ -349,15 +354,16 @@ class ReviewGAN(Editing):
 
     def _screen(self, z, u, labels, to_decoder, cut, ids, ended, max_len, kw, drop=None):
         """sample.screen: each review is encoded back into a code and read by the model's Reader; one
-        that reads as its requested sentiment with a probability below sample.screen is drawn again
-        (its next noise and sampling numbers, drawn up front: z[k], u[k] for its k-th redraw), up to
-        sample.screen_tries draws in all, and the draw read most clearly is kept. Decoding blurs a
-        code's sentiment, and this is the one place that sees the review that came out. Rows that
-        `drop` (the decoder's) says have left are neither read nor drawn again. The redraws are
-        decoded in rounds here; `_stream` decodes them as rows free up, to the same reviews."""
+        that reads as its requested sentiment with a probability below sample.screen (or, with
+        sample.screen_cos, whose code is further than that from the code it was decoded from:
+        `_reads_as`) is drawn again (its next noise and sampling numbers, drawn up front: z[k], u[k]
+        for its k-th redraw), up to sample.screen_tries draws in all, and the draw that passes best is
+        kept. Decoding blurs a code, and this is the one place that sees the review that came out.
+        Rows that `drop` (the decoder's) says have left are neither read nor drawn again. The redraws
+        are decoded in rounds here; `_stream` decodes them as rows free up, to the same reviews."""
         s = self.cfg.sample
         ids, ended = list(ids), list(ended)
-        score = self._reads_as(ids, cut, labels, _live(drop))
+        score = self._reads_as(ids, cut, labels, _live(drop), codes=self._screen_codes(z[0], labels))
         for k in range(1, s.screen_tries):
             redo = torch.nonzero(score < s.screen).squeeze(1)
             live = _live(drop)
@@ -369,7 +375,8 @@ class ReviewGAN(Editing):
                          uniforms=u[k][redo])
             sub = drop_rows(drop, redo)
             new_ids, new_ended = self._decode_noise(z[k][redo], labels[redo], to_decoder[redo], max_len, again, sub)
-            new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo], _live(sub))
+            new_score = self._reads_as(new_ids, [cut[j] for j in redo.tolist()], labels[redo], _live(sub),
+                                       codes=self._screen_codes(z[k][redo], labels[redo]))
             for j, row in enumerate(redo.tolist()):
                 if new_score[j] > score[row]:
                     ids[row], ended[row], score[row] = new_ids[j], new_ended[j], new_score[j]
@@ -434,8 +441,10 @@ class ReviewGAN(Editing):
             if not live:
                 return None
             if self.screens:
-                got = self._reads_as([toks[j] for j in live], [cut[rows[j]] for j in live],
-                                     labels[torch.tensor([rows[j] for j in live], device=dev)], trim=False)
+                at = torch.tensor([rows[j] for j in live], device=dev)
+                codes = self._screen_codes(torch.stack([z[ids[j] % tries][rows[j]] for j in live]), labels[at])
+                got = self._reads_as([toks[j] for j in live], [cut[rows[j]] for j in live], labels[at], trim=False,
+                                     codes=codes)
             else:
                 got = torch.ones(len(live))
             for j, g in zip(live, got.tolist()):
@@ -490,20 +499,37 @@ class ReviewGAN(Editing):
             codes = push(codes, labels, self.cfg.sample.push, self.class_means(), self.autoencoder.code_kind)
         return codes
 
-    def _reads_as(self, rows, cut, labels, live=None, trim: bool = True) -> torch.Tensor:
-        """The Reader's probability that each decoded row (cut to its request's max_len) has its label.
+    def _screen_codes(self, z, labels) -> torch.Tensor | None:
+        """The codes draws z were decoded from, for sample.screen_cos (None when it is off)."""
+        return self._codes_of_noise(z, labels) if self.cfg.sample.screen_cos > 0 else None
+
+    def _reads_as(self, rows, cut, labels, live=None, trim: bool = True, codes=None) -> torch.Tensor:
+        """The screen's score of each decoded row (cut to its request's max_len): the Reader's
+        probability that it has its label. With `codes` (the codes the rows were decoded from;
+        sample.screen_cos), the lower of that and the cosine of the row's own code to its code, scaled
+        so that screen_cos maps onto screen: a row passes at >= sample.screen either way.
         live: (B,) bools, the rows to read; the others are not read and score 1 (never drawn again)."""
         if live is not None and not bool(live.all()):
             score = torch.ones(len(rows), device=labels.device)
             idx = live.nonzero().squeeze(1).tolist()
             if idx:
-                score[idx] = self._reads_as([rows[j] for j in idx], [cut[j] for j in idx], labels[idx])
+                score[idx] = self._reads_as([rows[j] for j in idx], [cut[j] for j in idx], labels[idx],
+                                            codes=None if codes is None else codes[idx])
             return score
         texts = [clean_text(self.tokenizer.decode(r[:c]), self.cfg.data.lowercase) for r, c in zip(rows, cut)]
-        p = self.reader(self.autoencoder.read_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device))
+        own = self.autoencoder.read_texts(texts, self.tokenizer, self.cfg.data.max_len, self.device)
+        p = self.reader(own)
         if trim:  # the decode's and the reading's freed buffers, before a redraw decodes
             release_free_memory()
-        return torch.where(labels == 1, p, 1 - p)
+        score = torch.where(labels == 1, p, 1 - p)
+        if codes is not None:
+            if codes.size(-1) != own.size(-1):
+                raise ConfigError("sample.screen_cos compares a review's own code with its code: this model "
+                                  f"reads reviews as {own.size(-1)} numbers and its codes have {codes.size(-1)}")
+            s = self.cfg.sample
+            agree = F.cosine_similarity(own.float(), codes.float(), dim=-1)
+            score = torch.minimum(score, agree * (s.screen / s.screen_cos))
+        return score
 
     def _reviews(self, rows, ended, sentiment):
         return [Review(sentiment, self.tokenizer.decode(r), len(r) + int(e), e) for r, e in zip(rows, ended)]

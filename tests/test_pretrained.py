@@ -71,6 +71,33 @@ def test_screened_generation_reads_its_reviews_back_through_the_embedder(pretrai
     assert (read(kept) >= read(plain) - 1e-5).all() and kept != plain
 
 
+def test_the_screen_can_also_redraw_reviews_that_do_not_say_what_their_code_says(pretrained_dir, monkeypatch):
+    # sample.screen_cos: a draw passes only if its own code (the review re-encoded) has cosine >=
+    # screen_cos to the code it was decoded from, besides reading as its sentiment (>= screen).
+    from reviewgan.config import apply_overrides
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0.001", "sample.screen_tries=3", "sample.screen_cos=0.5"])
+    rows = [model.tokenizer.encode(t) for t in ("The Film Was Great.", "I Found The Story Dull.")]
+    labels, cut = torch.tensor([1, 0]), [99, 99]
+    p = model._reads_as(rows, cut, labels)  # the reader alone: these pass at screen 0.001
+    own = model.autoencoder.read_texts([model.tokenizer.decode(r) for r in rows])
+    other = torch.stack([own[1], own[0]]) - (own * own.flip(0)).sum(-1, keepdim=True) * own  # orthogonal to own
+    assert (p >= 0.001).all()
+    assert (model._reads_as(rows, cut, labels, codes=own) >= 0.001).all()  # cosine 1: passes
+    assert (model._reads_as(rows, cut, labels, codes=other) < 0.001).all()  # cosine 0: drawn again
+    model.reader = lambda codes: torch.ones(len(codes))  # every review reads as positive: only the cosine decides
+    monkeypatch.setattr(ReviewGAN, "SPECULATE_BELOW", 0)  # no next draw started before it is needed
+    draws = []
+    model.autoencoder.memory.register_forward_hook(lambda m, args, out: draws.append(args[0].size(0)))
+    model.cfg = apply_overrides(model.cfg, ["sample.screen_cos=0.99"])  # no review agrees with its code so closely
+    model.generate("positive", n=4, seed=1)
+    assert sum(draws) == 4 * 3
+    model.cfg = apply_overrides(model.cfg, ["sample.screen_cos=0"])
+    draws.clear()
+    model.generate("positive", n=4, seed=1)
+    assert sum(draws) == 4
+
+
 def test_cached_decoding_matches_a_full_forward_pass(pretrained_dir):
     # Decoding with the KV cache, rows leaving the batch as they end, must compute at every step the
     # logits of a plain forward pass over the whole prefix. Which rows end, and when, is set here (EOS
@@ -474,9 +501,9 @@ def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_cs
         model.encode(["A film."])
 
 
-@pytest.mark.parametrize("speculate_below", [64, 0, 1000])
+@pytest.mark.parametrize("speculate_below,screen_cos", [(64, 0.0), (0, 0.0), (1000, 0.0), (64, 0.2)])
 def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pretrained_dir, speculate_below,
-                                                                             monkeypatch):
+                                                                             screen_cos, monkeypatch):
     # ReviewGAN._stream decodes first draws and the screen's redraws as slots free up, in one batch of
     # rows at their own positions (llama.SlotCache), and starts next draws early near the end; the
     # reference (`_decode_noise`, `_screen`) decodes round by round. Same draws, same reviews (float32,
@@ -487,7 +514,8 @@ def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pre
     model = ReviewGAN.from_pretrained(pretrained_dir)
     model.autoencoder.to(torch.float32)
     model.autoencoder.lm.dtype = torch.float32
-    model.cfg = apply_overrides(model.cfg, ["sample.screen=0.9", "sample.screen_tries=3"])
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0.9", "sample.screen_tries=3",
+                                            f"sample.screen_cos={screen_cos}"])
     monkeypatch.setattr(ReviewGAN, "SPECULATE_BELOW", speculate_below)
     monkeypatch.setattr(S, "STREAM_ROWS", 8)  # slots are refilled ...
     monkeypatch.setattr(P, "DECODE_ROWS", 8)  # ... and the reference decodes in chunks
@@ -498,7 +526,7 @@ def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pre
     memory.remove()
     model.continuous_batching = False
     assert model.generate("positive", n=12, seed=5, records=True) == streamed
-    model.cfg = apply_overrides(model.cfg, ["sample.screen=0"])  # and without the screen
+    model.cfg = apply_overrides(model.cfg, ["sample.screen=0", "sample.screen_cos=0"])  # and without the screen
     plain = model.generate("negative", n=5, seed=1, greedy=False, records=True)
     model.continuous_batching = True
     assert model.generate("negative", n=5, seed=1, greedy=False, records=True) == plain

@@ -1,7 +1,7 @@
 """The readers' measure: a blind, shuffled mix of real held-out chunks and texts from models, and the
 table of what readers gave each source.
 
-    python scripts/blind_mix.py make --model DIR [--peer NAME=DIR ...] [--recon] [--n 30] --out mix/
+    python scripts/blind_mix.py make --model DIR [--peer NAME=DIR ...] [--samples NAME=FILE ...] [--recon] [--n 30] --out mix/
     python scripts/blind_mix.py score mix/key.json mix/reader1.jsonl mix/reader2.jsonl
     python scripts/blind_mix.py diversity DIR[@T] ... [--n 250]
 
@@ -12,7 +12,8 @@ share of word 6-grams found in training text over n reviews per sentiment (seed 
 `make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code, and
 mix/key.json (each number's source and the sentiment it was asked for or has). Sources, n each,
 half per sentiment: `real` (held-out test chunks of the model's data), `model` (generate, seed 0),
-`recon` (the model's greedy decoding of the codes of other held-out chunks) and each peer model.
+`recon` (the model's greedy decoding of the codes of other held-out chunks), each peer model and each
+`--samples` file (its first reviews of each sentiment).
 A reader writes one JSON line per text: {"id": 1, "fluency": 1-5, "coherence": 1-5, "human": true,
 "sentiment": "positive" | "negative" | "unclear"}. `score` prints, per source, the readers' mean
 fluency and coherence, the share taken for human and the share read as the sentiment asked for.
@@ -55,6 +56,11 @@ def make(args):
         m = model if folder == model_dir else ReviewGAN.from_pretrained(folder)
         for s in SENTIMENTS:
             items += [(name, s, t) for t in m.generate(s, n=half, seed=args.seed, temperature=temperature)]
+    for spec in args.samples:  # reviews written elsewhere (e.g. scripts/chat_peer.py): the first n/2 of each sentiment
+        name, path = spec.split("=", 1)
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for s in SENTIMENTS:
+            items += [(name, s, r["text"]) for r in rows if r["sentiment"] == s][:half]
     rng.shuffle(items)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +121,8 @@ sub = ap.add_subparsers(dest="cmd", required=True)
 m = sub.add_parser("make")
 m.add_argument("--model", required=True, metavar="DIR[@T]")
 m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR[@T]")
+m.add_argument("--samples", action="append", default=[], metavar="NAME=FILE",
+               help="also mix the first n/2 reviews of each sentiment from this JSONL file (generate --format jsonl)")
 m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
 m.add_argument("--n", type=int, default=30, help="texts per source")
 m.add_argument("--seed", type=int, default=0)

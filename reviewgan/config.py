@@ -205,6 +205,9 @@ class Config:
             raise ConfigError(f"ae.lora_targets must list some of {', '.join(LORA_TARGETS)}, got {self.ae.lora_targets!r}")
         if self.data.val_frac + self.data.test_frac >= 0.5:
             raise ConfigError("data.val_frac + data.test_frac must be under 0.5")
+        if self.sample.screen_cos > 0 and self.sample.screen == 0:
+            raise ConfigError("sample.screen_cos is a second test of the screen's: set sample.screen too (0.6 reads "
+                              "the sentiment as the bundled model does; 0.01 leaves it to the cosine)")
         if self.gan.arch == "slots":
             if not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
                 raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")

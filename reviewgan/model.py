@@ -338,11 +338,7 @@ class ReviewGAN(Editing):
     @property
     def screens(self) -> bool:
         """Whether generation screens its reviews: sample.screen > 0 on a GAN model (see _screen)."""
-        s = self.cfg.sample
-        if s.screen_cos > 0 and s.screen == 0:
-            raise ConfigError("sample.screen_cos is a second test of the screen's: set sample.screen too (0.6 reads "
-                              "the sentiment as the bundled model does; 0.01 leaves it to the cosine)")
-        return not self.is_lm and s.screen > 0
+        return not self.is_lm and self.cfg.sample.screen > 0
 
     @property
     def continuous(self) -> bool:
@@ -442,7 +438,9 @@ class ReviewGAN(Editing):
                 return None
             if self.screens:
                 at = torch.tensor([rows[j] for j in live], device=dev)
-                codes = self._screen_codes(torch.stack([z[ids[j] % tries][rows[j]] for j in live]), labels[at])
+                codes = None
+                if s.screen_cos > 0:  # the codes these draws were decoded from (draw k of row i: z[k][i])
+                    codes = self._codes_of_noise(torch.stack([z[ids[j] % tries][rows[j]] for j in live]), labels[at])
                 got = self._reads_as([toks[j] for j in live], [cut[rows[j]] for j in live], labels[at], trim=False,
                                      codes=codes)
             else:

@@ -140,7 +140,8 @@ def test_every_numeric_field_is_bounded_and_finite():
 @pytest.mark.parametrize("override", ["gan.betas=[0.5]", "gan.betas=[0.5,1.5]", "train.threads=-3",
                                       "data.min_frequency=-1", "data.val_frac=0", "data.limit=-1",
                                       "sample.max_len=100000", "ae.lora_targets=qproj", "sample.temperature=1e-45",
-                                      "data.val_frac=0.3", "ae.family=pretrained"])
+                                      "data.val_frac=0.3", "ae.family=pretrained",
+                                      "sample.screen_cos=0.5"])  # (tiny's screen is off: nothing to add it to)
 def test_bad_config_values_are_one_line_before_any_work(override, corpus_csv, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--preset", "tiny", "--data", str(corpus_csv), "--out", str(out), "--quiet", "--set", override]

@@ -62,7 +62,13 @@ def make(args):
         for s in SENTIMENTS:
             items += [(name, s, r["text"]) for r in rows if r["sentiment"] == s][:half]
     rng.shuffle(items)
-    out = Path(args.out)
+    write_mix(items, args.out)
+
+
+def write_mix(items: list[tuple[str, str, str]], folder) -> None:
+    """(source, sentiment, text) items, in the order given -> folder/mix.md, the numbered texts for the
+    readers, and folder/key.json, each number's source and sentiment (for `score`)."""
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["Rate each text: fluency 1-5, coherence 1-5 (does it mean one thing, without contradiction or "
              "nonsense), human (could a person have written it), sentiment (positive, negative or unclear).", ""]
@@ -116,22 +122,27 @@ def score(args):
         print(f"| {src} | {n} | {mean('fluency')} | {mean('coherence')} | {mean('human', 100)} % | {mean('sent', 100)} % |")
 
 
-ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-sub = ap.add_subparsers(dest="cmd", required=True)
-m = sub.add_parser("make")
-m.add_argument("--model", required=True, metavar="DIR[@T]")
-m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR[@T]")
-m.add_argument("--samples", action="append", default=[], metavar="NAME=FILE",
-               help="also mix the first n/2 reviews of each sentiment from this JSONL file (generate --format jsonl)")
-m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
-m.add_argument("--n", type=int, default=30, help="texts per source")
-m.add_argument("--seed", type=int, default=0)
-m.add_argument("--out", required=True)
-s = sub.add_parser("score")
-s.add_argument("key")
-s.add_argument("ratings", nargs="+")
-d = sub.add_parser("diversity")
-d.add_argument("models", nargs="+", metavar="DIR[@T]")
-d.add_argument("--n", type=int, default=250, help="reviews per sentiment")
-args = ap.parse_args()
-{"make": make, "score": score, "diversity": diversity}[args.cmd](args)
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--model", required=True, metavar="DIR[@T]")
+    m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR[@T]")
+    m.add_argument("--samples", action="append", default=[], metavar="NAME=FILE",
+                   help="also mix the first n/2 reviews of each sentiment from this JSONL file (generate --format jsonl)")
+    m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
+    m.add_argument("--n", type=int, default=30, help="texts per source")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("key")
+    s.add_argument("ratings", nargs="+")
+    d = sub.add_parser("diversity")
+    d.add_argument("models", nargs="+", metavar="DIR[@T]")
+    d.add_argument("--n", type=int, default=250, help="reviews per sentiment")
+    args = ap.parse_args()
+    {"make": make, "score": score, "diversity": diversity}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,12 +14,11 @@ decodes per review.
 """
 
 import argparse
-import json
 import random
 import time
-from pathlib import Path
 
 import torch
+from blind_mix import write_mix  # scripts/blind_mix.py, beside this one
 
 from reviewgan import ReviewGAN
 from reviewgan.data import SENTIMENTS
@@ -51,14 +50,7 @@ def pool(model, args):
     for s in SENTIMENTS:
         items += [("model", s, t) for t in model.generate(s, n=10, seed=2)]
     rng.shuffle(items)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["Rate each text: fluency 1-5, coherence 1-5 (does it mean one thing, without contradiction or "
-             "nonsense), human (could a person have written it), sentiment (positive, negative or unclear).", ""]
-    (out / "mix.md").write_text("\n".join(lines + [f"{i + 1}. {t}" for i, (_, _, t) in enumerate(items)]) + "\n")
-    key = [{"id": i + 1, "source": src, "sentiment": s, "text": t} for i, (src, s, t) in enumerate(items)]
-    (out / "key.json").write_text(json.dumps(key, indent=1))
-    print(f"{len(items)} texts in {out / 'mix.md'}; key in {out / 'key.json'}")
+    write_mix(items, args.out)
 
 
 def cost(model, args):

@@ -57,7 +57,10 @@ class AEConfig:
     # pretrained family only: the base LM and how the code enters it (pretrained.py)
     base: str = "smollm2-135m"  # a registered base (base.py) or a folder with a Llama model
     memory_slots: int = 1  # key/value memory slots per layer that the code becomes (Optimus: 1)
-    code: str = "pooled"  # pooled: the embedder's sentence embedding, frozen | tokens: one learnt slot per embedder token (slots.py)
+    code: str = "pooled"  # pooled: the embedder's sentence embedding, frozen | tuned: the same, the embedder tuned with the decoder (tuned.py) | tokens: one learnt slot per embedder token (slots.py)
+    encoder_rank: int = 16  # code=tuned: LoRA rank on the embedder's linear layers
+    encoder_lr: float = 1e-3  # code=tuned: the embedder's LoRA learning rate
+    init: str = ""  # a model folder of the pretrained family whose decoder (code memory, LoRA) stage 1 starts from ("" = the base alone)
     code_slots: int = 48  # code=tokens: the embedder tokens kept, one memory slot each (a chunk has ~40 with [CLS] and [SEP])
     slot_dim: int = 64  # code=tokens: dims per slot; the code is code_slots x slot_dim (ae.code_dim must equal it)
     word_dropout: float = 0.0  # share of the decoder's input tokens (not its targets) replaced by padding while training
@@ -208,6 +211,8 @@ class Config:
         if self.sample.screen_cos > 0 and self.sample.screen == 0:
             raise ConfigError("sample.screen_cos is a second test of the screen's: set sample.screen too (0.6 reads "
                               "the sentiment as the bundled model does; 0.01 leaves it to the cosine)")
+        if self.ae.init and self.ae.family != "pretrained":
+            raise ConfigError("ae.init starts the pretrained family's decoder from another model's: ae.family=pretrained")
         if self.gan.arch == "slots":
             if not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
                 raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")
@@ -238,6 +243,7 @@ RANGES = [
     ("ae", "emb_dim", 1, 8192), ("ae", "enc_hidden", 1, 8192), ("ae", "code_dim", 1, 8192), ("ae", "dropout", 0.0, 0.99),
     ("ae", "kl_weight", 0.0, 1e6), ("ae", "kl_anneal_steps", 0, 1e9), ("ae", "code_noise", 0.0, 10.0),
     ("ae", "code_noise_decay", 0.0, 1.0), ("ae", "memory_slots", 1, 64),
+    ("ae", "encoder_rank", 1, 384), ("ae", "encoder_lr", 0.0, 1.0),
     ("ae", "code_slots", 1, 256), ("ae", "slot_dim", 1, 1024), ("ae", "word_dropout", 0.0, 0.95), ("ae", "lora_rank", 1, 1024),
     ("ae", "lora_alpha", 1e-6, 1e6), ("ae", "lora_lr", 1e-9, 10.0), ("ae", "max_steps", 0, 1e12),
     ("ae", "warmup_steps", 0, 1e9), ("ae", "epochs", 0, 100_000), ("ae", "batch_size", 1, 1_000_000),
@@ -258,7 +264,7 @@ RANGES = [
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
-    ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tokens")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
+    ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tuned", "tokens")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
     ("gan", "arch", ("mlp", "slots")), ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
     ("gan", "optimizer", ("rmsprop", "adam")), ("train", "dtype", ("auto", "bf16", "fp32")),
     ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),

@@ -102,14 +102,15 @@ class MiniLM:
         self.dtype = dtype
         self.batch_size, self.heads, self.torch = batch_size, 12, torch
 
-    def _forward(self, ids, mask):
+    def _forward(self, ids, mask, adapter=None):
         """Token ids (B, T) and their mask (B, T, bool) -> unit-length embeddings (B, 384)."""
-        x = self._layers(ids, mask)
+        x = self._layers(ids, mask, adapter)
         m = mask[..., None].float()
         return self.torch.nn.functional.normalize((x.float() * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
-    def _layers(self, ids, mask):
-        """Token ids (B, T) and their mask (B, T, bool) -> the last layer's token states (B, T, 384)."""
+    def _layers(self, ids, mask, adapter=None):
+        """Token ids (B, T) and their mask (B, T, bool) -> the last layer's token states (B, T, 384).
+        adapter(x, name): a trained change added to linear layer `name`'s output (tuned.EncoderLoRA)."""
         F, w = self.torch.nn.functional, self.w
 
         def ln(x, name):
@@ -117,7 +118,8 @@ class MiniLM:
             return x.to(self.dtype)
 
         def linear(x, name):
-            return F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+            y = F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+            return y if adapter is None else y + adapter(x, name)
         B, T = ids.shape
         e = "embeddings"
         x = ln(w[f"{e}.word_embeddings.weight"][ids] + w[f"{e}.position_embeddings.weight"][:T]

@@ -37,6 +37,7 @@ from .rewrite import class_means, push
 from .slots import SlotAutoencoder
 from .stream import STREAM_ROWS, Rows, stream
 from .tokenizer import Tokenizer
+from .tuned import TunedAutoencoder
 
 def _rows_of_requests(cancelled: Callable[[], Collection[int]], owner: Callable[[], torch.Tensor]) -> Callable:
     """A batch's `cancelled() -> request indices` as the decoders' `drop() -> (B,) bools or None`:
@@ -71,7 +72,8 @@ def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: 
     if cfg.ae.family == "lstm":
         ae = Autoencoder(vocab_size, cfg.ae)
     else:
-        ae = (SlotAutoencoder if cfg.ae.code == "tokens" else PretrainedAutoencoder)(cfg.ae, base, dtype)
+        kind = {"tokens": SlotAutoencoder, "tuned": TunedAutoencoder}.get(cfg.ae.code, PretrainedAutoencoder)
+        ae = kind(cfg.ae, base, dtype)
     gen, critic = networks(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     return ae, gen, critic
 

@@ -352,6 +352,29 @@ def autoencoder_source(cfg: Config, src: str | Path) -> tuple[Tokenizer, Path]:
     return tok, src / stage1_file(src_cfg)
 
 
+def warm_start(ae, cfg: Config, src: str | Path, device, log) -> None:
+    """Start stage 1 from the decoder of model folder `src` (ae.init; "pretrained": the bundled model):
+    its code memory and LoRA, on the same base with the same LoRA and memory shapes. What this run adds
+    (a tuned encoder) starts fresh."""
+    from .model import default_model_dir, load_spec
+    src = default_model_dir() if str(src) == "pretrained" else Path(src)
+    if src is None or not (src / "config.json").exists():
+        raise TrainingError(f"ae.init={cfg.ae.init}: no model folder there")
+    src_cfg, _, _ = load_spec(src)
+    same = ("base", "memory_slots", "lora_rank", "lora_alpha", "lora_targets", "code_dim")
+    if src_cfg.ae.family != "pretrained" or any(getattr(src_cfg.ae, k) != getattr(cfg.ae, k) for k in same):
+        raise TrainingError(f"ae.init={cfg.ae.init}: its decoder differs from this run's (ae.{', ae.'.join(same)} "
+                            "must be the same)")
+    from safetensors.torch import load_file
+    state = load_file(str(src / stage1_file(src_cfg)), device=str(device))
+    own = ae.state_dict()
+    taken = {k: v for k, v in state.items() if k in own}
+    if not taken or any(own[k].shape != v.shape for k, v in taken.items()):
+        raise TrainingError(f"ae.init={cfg.ae.init}: its decoder weights do not fit this run's")
+    ae.load_state_dict({**own, **taken})
+    log(f"stage 1 starts from the decoder of {src} ({len(taken)} of {len(own)} weights)")
+
+
 def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False, force: bool = False,
           progress: bool = True, log=None, ae_from: str | Path | None = None) -> ReviewGAN:
     """Train the stages asked for into the run directory `out`; returns the trained model.
@@ -411,6 +434,8 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
             torch.set_rng_state(saved_rng["torch"])
     if not reuse and dist.is_main():
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    if not reuse and ae_from is None and cfg.ae.init:
+        warm_start(ae, cfg, cfg.ae.init, device, log)
     if ae_from is not None:
         load_weights(ae, ae_file, device)
         run.state["ae"].update(epoch=cfg.ae.epochs, done=True, source=str(ae_from))

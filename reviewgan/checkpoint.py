@@ -228,12 +228,22 @@ def check_header(module: torch.nn.Module, path: Path) -> None:
                     for k, (shape, kind) in _read_safetensors(path, _header).items()}, path)
 
 
-def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
-    """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
-    tensors = _check(module, _read_safetensors(path, lambda p: load_file(p, device="cpu")), path)
-    for k, t in tensors.items():  # a diverged run's weights load fine and write garbage: refuse them here
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (on the CPU), a missing or unreadable file as one ModelError line."""
+    return _read_safetensors(path, lambda p: load_file(p, device="cpu"))
+
+
+def refuse_nonfinite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A diverged run's weights load fine and write garbage: refuse them here."""
+    for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelError(f"{path}: tensor {k} holds NaN or infinite values")
+
+
+def load_weights(module: torch.nn.Module, path: Path, device="cpu") -> dict:
+    """Load safetensors into `module`, insisting on exactly the expected names, shapes and dtypes' kinds."""
+    tensors = _check(module, read_weights(path), path)
+    refuse_nonfinite(tensors, path)
     expected = module.state_dict()
     module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     module.to(device)

@@ -146,12 +146,16 @@ class MiniLM:
             mask[r, :len(x)] = True
         return ids, mask
 
+    def word_pieces(self, texts: list[str]):
+        """Texts -> their word-piece ids as one padded batch (N, T), [CLS] and [SEP] included, and mask (N, T)."""
+        return self._batch([e.ids for e in self.tokenizer.encode_batch(list(texts))])
+
     def states(self, texts: list[str], max_tokens: int | None = None):
         """The last layer's token states of `texts` as one padded batch, [CLS] and [SEP] included:
         -> states (N, T, 384) float32, mask (N, T) bool. max_tokens: only the first tokens' states are
         returned (all of a text is still read)."""
         with self.torch.no_grad():
-            ids, mask = self._batch([e.ids for e in self.tokenizer.encode_batch(list(texts))])
+            ids, mask = self.word_pieces(texts)
             x = self._layers(ids, mask)
         return x[:, :max_tokens].float(), mask[:, :max_tokens]
 

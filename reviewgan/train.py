@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from . import dist
 from .autoencoder import Autoencoder, evaluate_autoencoder
 from .base import load_base
-from .checkpoint import READER_FILE, Run, claim_folder, load_weights, read_model_config, recover, stage1_file
+from .checkpoint import (READER_FILE, Run, claim_folder, load_weights, read_model_config, read_weights, recover,
+                         refuse_nonfinite, stage1_file)
 from .config import Config, apply_overrides
 from .data import SENTIMENTS
 from . import gan_fast
@@ -352,7 +353,7 @@ def autoencoder_source(cfg: Config, src: str | Path) -> tuple[Tokenizer, Path]:
     return tok, src / stage1_file(src_cfg)
 
 
-def warm_start(ae, cfg: Config, src: str | Path, device, log) -> None:
+def warm_start(ae, cfg: Config, src: str | Path, log) -> None:
     """Start stage 1 from the decoder of model folder `src` (ae.init; "pretrained": the bundled model):
     its code memory and LoRA, on the same base with the same LoRA and memory shapes. What this run adds
     (a tuned encoder) starts fresh."""
@@ -365,8 +366,9 @@ def warm_start(ae, cfg: Config, src: str | Path, device, log) -> None:
     if src_cfg.ae.family != "pretrained" or any(getattr(src_cfg.ae, k) != getattr(cfg.ae, k) for k in same):
         raise TrainingError(f"ae.init={cfg.ae.init}: its decoder differs from this run's (ae.{', ae.'.join(same)} "
                             "must be the same)")
-    from safetensors.torch import load_file
-    state = load_file(str(src / stage1_file(src_cfg)), device=str(device))
+    path = src / stage1_file(src_cfg)
+    state = read_weights(path)
+    refuse_nonfinite(state, path)
     own = ae.state_dict()
     taken = {k: v for k, v in state.items() if k in own}
     if not taken or any(own[k].shape != v.shape for k, v in taken.items()):
@@ -435,7 +437,7 @@ def train(cfg: Config, out: str | Path, stage: str = "all", resume: bool = False
     if not reuse and dist.is_main():
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if not reuse and ae_from is None and cfg.ae.init:
-        warm_start(ae, cfg, cfg.ae.init, device, log)
+        warm_start(ae, cfg, cfg.ae.init, log)
     if ae_from is not None:
         load_weights(ae, ae_file, device)
         run.state["ae"].update(epoch=cfg.ae.epochs, done=True, source=str(ae_from))

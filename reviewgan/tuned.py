@@ -104,8 +104,7 @@ class TunedAutoencoder(PretrainedAutoencoder):
         return self.frozen_minilm()._forward(*tokens, adapter=self.encoder)
 
     def word_pieces(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.frozen_minilm()
-        ids, mask = m._batch([e.ids for e in m.tokenizer.encode_batch(list(texts))])
+        ids, mask = self.frozen_minilm().word_pieces(texts)
         return ids.to(device), mask.to(device)
 
     # -- the stage-1 interface

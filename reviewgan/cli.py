@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="write reviews of a requested sentiment")
     g.add_argument("--model", help="model directory (default: the bundled pretrained model)")
     g.add_argument("--sentiment", default="positive", help="positive, negative or both (N of each)")
-    g.add_argument("-n", type=int, default=5, help="number of reviews (per sentiment)")
+    g.add_argument("-n", "--n", type=int, default=5, help="number of reviews (per sentiment)")
     g.add_argument("--seed", type=int, help="random seed: same seed, same reviews")
     g.add_argument("--temperature", type=float, help="sample with this temperature (implies sampling)")
     g.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (implies sampling)")

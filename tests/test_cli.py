@@ -30,6 +30,10 @@ def test_generate_text_and_jsonl(capsys, tiny_model_dir):
     code, text, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "-n", "2", "--temperature", "0.7",
                         "--top-p", "0.9", "--seed", "0", "--max-len", "10")
     assert code == 0 and len(text.splitlines()) == 2 and "##" not in text
+    # `--n`, as evaluate and the load test spell it, is -n here too, not a prefix of --noise-scale
+    code, long_form, _ = run(capsys, "generate", "--model", str(tiny_model_dir), "--sentiment", "both", "--n", "3",
+                             "--seed", "1", "--format", "jsonl")
+    assert code == 0 and long_form == out
 
 
 def test_stats(capsys, corpus_csv, tmp_path):

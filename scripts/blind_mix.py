@@ -2,7 +2,7 @@
 table of what readers gave each source.
 
     python scripts/blind_mix.py make --model DIR [--peer NAME=DIR ...] [--samples NAME=FILE ...] [--recon] [--n 30] --out mix/
-    python scripts/blind_mix.py score mix/key.json mix/reader1.jsonl mix/reader2.jsonl
+    python scripts/blind_mix.py score mix/key.json mix/reader1.jsonl mix/reader2.jsonl [--by-length | --split-at WORDS]
     python scripts/blind_mix.py diversity DIR[@T] ... [--n 250]
 
 The model or a peer may name its sampling temperature, `--peer lm=runs/plm@0.9` (else its own default), so sources
@@ -120,6 +120,34 @@ def score(args):
             return f"{np.mean(per):.2f} ({' / '.join(f'{p:.2f}' for p in per)})"
         n = len(next(iter(readers.values()))["fluency"])
         print(f"| {src} | {n} | {mean('fluency')} | {mean('coherence')} | {mean('human', 100)} % | {mean('sent', 100)} % |")
+    if args.by_length or args.split_at:
+        by_length(key, args.ratings, args.split_at)
+
+
+def by_length(key: dict, ratings: list[str], split_at: int | None = None) -> None:
+    """Coherence against length, per source: each source's texts split at their median word count
+    (or at `split_at` words for every source), the readers' mean coherence of the shorter and the
+    longer part, and Spearman's rho of words against coherence (a text's coherence: the mean of its
+    readers')."""
+    from scipy.stats import spearmanr
+    given = {}  # id -> coherence from each reader
+    for path in ratings:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                x = json.loads(line)
+                given.setdefault(int(x["id"]), []).append(float(x["coherence"]))
+    print(f"\n| source | {'split at words' if split_at else 'median words'} | coherence (texts), shorter | "
+          "longer | rho (words, coherence) |")
+    print("|---|---|---|---|---|")
+    for src in dict.fromkeys(k["source"] for k in key.values()):
+        rows = [(len(k["text"].split()), float(np.mean(given[i]))) for i, k in key.items()
+                if k["source"] == src and i in given]
+        words, coh = np.array(rows).T
+        cut = split_at or np.median(words)
+
+        def part(m):
+            return f"{coh[m].mean():.2f} ({int(m.sum())})" if m.any() else "-"
+        print(f"| {src} | {cut:.0f} | {part(words <= cut)} | {part(words > cut)} | {spearmanr(words, coh)[0]:+.2f} |")
 
 
 def main():
@@ -137,6 +165,9 @@ def main():
     s = sub.add_parser("score")
     s.add_argument("key")
     s.add_argument("ratings", nargs="+")
+    s.add_argument("--by-length", action="store_true", help="also each source's coherence in its shorter and "
+                   "longer half (by words)")
+    s.add_argument("--split-at", type=int, metavar="WORDS", help="as --by-length, every source split at this many words")
     d = sub.add_parser("diversity")
     d.add_argument("models", nargs="+", metavar="DIR[@T]")
     d.add_argument("--n", type=int, default=250, help="reviews per sentiment")

@@ -9,8 +9,9 @@ The model or a peer may name its sampling temperature, `--peer lm=runs/plm@0.9` 
 can be read at equal diversity; `diversity` gives each model's Self-BLEU-4, distinct-2, exact copies and
 share of word 6-grams found in training text over n reviews per sentiment (seed 0).
 
-`make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code, and
-mix/key.json (each number's source and the sentiment it was asked for or has). Sources, n each,
+`make` writes mix/mix.md (numbered texts, no source) for readers who have not seen the code,
+mix/key.json (each number's source and the sentiment it was asked for or has) and mix/reader.md (what
+each reader is told, with MIXFILE and OUTFILE to fill in: its own copy of mix.md and its ratings file). Sources, n each,
 half per sentiment: `real` (held-out test chunks of the model's data), `model` (generate, seed 0),
 `recon` (the model's greedy decoding of the codes of other held-out chunks; `NAME-recon` a peer's, of the
 same chunks), each peer model and each `--samples` file (its first reviews of each sentiment).
@@ -65,9 +66,36 @@ def make(args):
     write_mix(items, args.out)
 
 
+# What each reader is told (reader.md): the same words for every mix, so mixes compare. Each reader gets
+# a copy of mix.md in a folder of its own and writes its ratings there.
+READER = """You are a careful reader rating short English texts. They are openings of movie reviews (one to three
+sentences each); some were written by people, some by machines. You do not know which is which, and
+you must not try to find out from files: read only the one file named below.
+
+Read the file MIXFILE. It has {n} numbered texts. For EVERY numbered text, write one JSON line to the file
+OUTFILE (create it; one line per text, in order, nothing else in the file):
+
+{{"id": 1, "fluency": 3, "coherence": 2, "human": false, "sentiment": "positive"}}
+
+- fluency 1-5: is it grammatical, natural English? (5 = flawless, 1 = broken)
+- coherence 1-5: does it mean one thing, without contradiction, nonsense, or details that go nowhere?
+  (5 = fully makes sense as a review opening, 1 = meaningless). A text may be cut off at the end;
+  do not count that against it.
+- human: true if a person could plausibly have written it as a review, else false.
+- sentiment: "positive", "negative" or "unclear": the opinion of the film the text expresses.
+
+Rules: judge each text on its own. Do not open, list or search any other file or folder; do not run
+any program or script other than what you need to write the output file; do not use git. Write the ratings
+yourself by reading; do not generate them with code. When done, check that the output file has exactly one
+valid JSON line per numbered text, and reply with the number of lines written and two sentences on
+what made texts incoherent.
+"""
+
+
 def write_mix(items: list[tuple[str, str, str]], folder) -> None:
     """(source, sentiment, text) items, in the order given -> folder/mix.md, the numbered texts for the
-    readers, and folder/key.json, each number's source and sentiment (for `score`)."""
+    readers, folder/key.json, each number's source and sentiment (for `score`), and folder/reader.md,
+    the instructions each reader gets (MIXFILE and OUTFILE: its copy of mix.md and its ratings file)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["Rate each text: fluency 1-5, coherence 1-5 (does it mean one thing, without contradiction or "
@@ -76,7 +104,9 @@ def write_mix(items: list[tuple[str, str, str]], folder) -> None:
     (out / "mix.md").write_text("\n".join(lines) + "\n")
     key = [{"id": i + 1, "source": src, "sentiment": s, "text": t} for i, (src, s, t) in enumerate(items)]
     (out / "key.json").write_text(json.dumps(key, indent=1))
-    print(f"{len(items)} texts in {out / 'mix.md'}; key in {out / 'key.json'}")
+    (out / "reader.md").write_text(READER.format(n=len(items)))
+    print(f"{len(items)} texts in {out / 'mix.md'}; key in {out / 'key.json'}; readers' instructions in "
+          f"{out / 'reader.md'}")
 
 
 def with_temperature(spec: str) -> tuple[str, float | None]:

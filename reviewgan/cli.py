@@ -54,7 +54,8 @@ def cmd_generate(args) -> int:
         raise ValueError(f"-n must be between 1 and {MAX_GENERATE}, got {args.n}")
     model = ReviewGAN.from_pretrained(args.model, device=args.device or "cpu")
     sets = [f"sample.{k}={v!r}" for k, v in (("noise_scale", args.noise_scale), ("push", args.push),
-                                              ("screen", args.screen), ("screen_cos", args.screen_cos))
+                                              ("screen", args.screen), ("screen_cos", args.screen_cos),
+                                              ("code_strength", args.code_strength))
             if v is not None]
     if sets:  # range-checked like every config value
         from .config import apply_overrides
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--screen-cos", type=float, help="with the screen, also draw a review again when its own code "
                    "(the review read back) has cosine below this to the code it was decoded from (default: the "
                    "model's sample.screen_cos; 0: off): the asked-for sentiment more often, ~1.6x the decoding")
+    g.add_argument("--code-strength", type=float, help="the pretrained decoder's code memory times this (default: "
+                   "the model's sample.code_strength): below 1 the decoder leans more on what it learnt of reviews, "
+                   "above 1 more on the code")
     g.add_argument("--greedy", action="store_true", help="argmax decoding, as in the paper")
     g.add_argument("--max-len", type=int, help="maximum tokens per review (default: the model's max_len)")
     g.add_argument("--format", choices=["text", "jsonl"], default="text", help="plain text or one JSON object per line")

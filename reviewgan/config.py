@@ -132,6 +132,10 @@ class SampleConfig:
     # from (it does not say what its code says; readers rate such reviews less coherent) (0 = off)
     screen_cos: float = 0.0
     screen_tries: int = 4  # draws per review at most when screening; the one that passes best is kept
+    # the pretrained decoder's code memory (its values and input offset) times this when generating from
+    # the generator's codes: below 1 it leans on what it learnt of reviews (1 = as trained; encode/decode,
+    # reconstructions and rewrites read codes at full strength)
+    code_strength: float = 1.0
 
 
 @dataclass
@@ -211,6 +215,8 @@ class Config:
         if self.sample.screen_cos > 0 and self.sample.screen == 0:
             raise ConfigError("sample.screen_cos is a second test of the screen's: set sample.screen too (0.6 reads "
                               "the sentiment as the bundled model does; 0.01 leaves it to the cosine)")
+        if self.sample.code_strength != 1.0 and self.ae.family != "pretrained":
+            raise ConfigError("sample.code_strength scales the pretrained decoder's code memory: ae.family=pretrained")
         if self.ae.init and self.ae.family != "pretrained":
             raise ConfigError("ae.init starts the pretrained family's decoder from another model's: ae.family=pretrained")
         if self.gan.arch == "slots":
@@ -257,6 +263,7 @@ RANGES = [
     ("train", "eval_every", 1, 1e12), ("train", "n_samples", 0, 100), ("train", "threads", 0, 4096),
     ("sample", "temperature", 0.01, 100.0), ("sample", "top_p", 1e-6, 1.0), ("sample", "max_len", 0, 4096), ("sample", "noise_scale", 0.01, 10.0),
     ("sample", "push", 0.0, 10.0), ("sample", "screen", 0.0, 0.99), ("sample", "screen_cos", 0.0, 0.99), ("sample", "screen_tries", 1, 20),
+    ("sample", "code_strength", 0.0, 4.0),
     ("rewrite", "strength", 0.0, 10.0), ("rewrite", "copy", 0.0, 100.0),
     ("rewrite", "invert_steps", 1, 10_000),
     ("rewrite", "temperature", 0.01, 100.0), ("rewrite", "unclear_band", 0.0, 0.5), ("rewrite", "min_words", 0, 1000),

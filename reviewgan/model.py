@@ -335,7 +335,10 @@ class ReviewGAN(Editing):
     def _decode_noise(self, z, labels, to_decoder, max_len, kw, drop=None):
         """Generator noise (B, noise_dim) and requested labels (B,) -> decoded rows, ended flags.
         drop: the decoder's (autoencoder.decode_loop)."""
-        return self.autoencoder.generate(self._codes_of_noise(z, labels), max_len, labels=to_decoder, **kw, drop=drop)
+        strength = self.cfg.sample.code_strength  # (the LSTM family's decoder has none: config.py)
+        more = {"strength": strength} if strength != 1.0 else {}
+        return self.autoencoder.generate(self._codes_of_noise(z, labels), max_len, labels=to_decoder, **kw, drop=drop,
+                                         **more)
 
     @property
     def screens(self) -> bool:
@@ -489,7 +492,8 @@ class ReviewGAN(Editing):
 
         if B:
             stream(self.autoencoder, draws([(i, 0) for i in range(B)]), max_len, finished, gone,
-                   width=width or B * tries, spare=spare if tries > 1 or grow is not None else None)
+                   width=width or B * tries, spare=spare if tries > 1 or grow is not None else None,
+                   strength=s.code_strength)
         return [b[0] for b in best], [b[1] for b in best]
 
     def _codes_of_noise(self, z, labels):

@@ -125,11 +125,15 @@ class CodeMemory(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, code: torch.Tensor):
+    def forward(self, code: torch.Tensor, strength: float = 1.0):
+        """strength (sample.code_strength): the memory's values and the offset times this; the keys,
+        and so where attention goes, stay. Below 1 the decoder leans on what it learnt of reviews."""
         s, B = self.shape, code.size(0)
         kv = self.kv(code.float()).view(B, s.n_layers, 2, s.n_kv_heads, self.slots, s.head_dim)
+        if strength != 1.0:
+            kv = kv * torch.tensor([1.0, strength], device=kv.device)[:, None, None, None]
         memory = [(kv[:, l, 0], kv[:, l, 1]) for l in range(s.n_layers)]
-        return memory, self.offset(code.float())[:, None]
+        return memory, self.offset(code.float())[:, None] * strength
 
 
 class PretrainedAutoencoder(nn.Module):
@@ -264,33 +268,36 @@ class PretrainedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, max_len: int, greedy=True, temperature=1.0, top_p=1.0,
-                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None, drop=None):
+                 generator: torch.Generator | None = None, labels=None, uniforms=None, steer=None, drop=None,
+                 strength: float = 1.0):
         """Batched decoding from codes (B, C) with a KV cache; each row stops at its EOS and leaves the
         batch, and so does a row `drop` names. Same per-row options, `uniforms`, `steer` and `drop` as
         autoencoder.decode_loop (a row's text depends on its own random numbers only). `labels` is
         ignored: this decoder takes no sentiment. Rows are decoded DECODE_ROWS at a time (with
-        `generator` instead of `uniforms`, chunk after chunk).
+        `generator` instead of `uniforms`, chunk after chunk). strength: CodeMemory's.
         -> token lists without EOS, ended flags."""
         B = codes.size(0)
         if B <= DECODE_ROWS:
-            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms, steer, drop)
+            return self._generate(codes, max_len, greedy, temperature, top_p, generator, uniforms, steer, drop,
+                                  strength)
         rows, ended = [], []
         for s in range(0, B, DECODE_ROWS):
             part = slice(s, s + DECODE_ROWS)
             r, e = self._generate(codes[part], max_len, rows_of(greedy, part, B), rows_of(temperature, part, B),
                                   rows_of(top_p, part, B), generator, rows_of(uniforms, part, B),
-                                  steer[part] if steer is not None else None, drop_rows(drop, part))
+                                  steer[part] if steer is not None else None, drop_rows(drop, part), strength)
             rows += r
             ended += e
             release_free_memory()
         return rows, ended
 
-    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None, drop=None):
+    def _generate(self, codes, max_len, greedy, temperature, top_p, generator, uniforms, steer=None, drop=None,
+                  strength=1.0):
         lm, tok, B = self.lm, self.tokenizer, codes.size(0)
         gone = drop() if drop is not None else None
         if gone is not None and bool(gone.all()):  # a chunk cancelled whole before it starts is skipped
             return [[] for _ in range(B)], [False] * B
-        memory, offset = self.memory(codes)
+        memory, offset = self.memory(codes, strength)
         cache = lm.new_cache(B, self.memory_slots + max_len, self.memory_slots)
         cache.put_memory(memory)
         per_row = [(torch.as_tensor(x, device=codes.device).expand(B, 1) if torch.is_tensor(x) else x)

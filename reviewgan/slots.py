@@ -64,12 +64,12 @@ class SlotMemory(nn.Module):
         nn.init.zeros_(self.kv.weight)
         nn.init.zeros_(self.kv.bias)
 
-    def forward(self, code: torch.Tensor):
+    def forward(self, code: torch.Tensor, strength: float = 1.0):
         s, B = self.shape, code.size(0)
         slots = code.float().view(B, self.k, self.d) + self.slot
         kv = self.kv(slots).view(B, self.k, s.n_layers, 2, s.n_kv_heads, s.head_dim)
         kv = kv.permute(2, 3, 0, 4, 1, 5)  # (layers, k/v, B, kv_heads, K, head_dim)
-        memory = [(kv[l, 0], kv[l, 1]) for l in range(s.n_layers)]
+        memory = [(kv[l, 0], kv[l, 1] * strength if strength != 1.0 else kv[l, 1]) for l in range(s.n_layers)]
         return memory, code.new_zeros(B, 1, s.dim, dtype=torch.float32)
 
 

@@ -26,7 +26,7 @@ HAND_OVER = 32
 
 @torch.no_grad()
 def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished, drop=None, width: int | None = None,
-           spare=None) -> None:
+           spare=None, strength: float = 1.0) -> None:
     """Decode `rows` with the autoencoder's decoder in `width` slots (default: one per row; at most
     STREAM_ROWS); a review that ends leaves its slot and the next waiting one takes it at the next
     step, so the matrix units see full batches until the last reviews. Each row decodes as
@@ -36,7 +36,8 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished, drop=N
     finished(ids, token lists, ended flags) -> Rows to decode as well, or None: called with reviews
     as they end (the screen's redraws come back this way). drop() -> (n,) bools over ids: reviews to
     stop (cancelled requests). spare(free slots, busy slots) -> Rows or None: asked whenever none
-    waits and a slot is free, for work to fill them with (the screen's next draws, started early)."""
+    waits and a slot is free, for work to fill them with (the screen's next draws, started early).
+    strength: the code memory's (CodeMemory), for every row."""
     lm, tok, dev, M = ae.lm, ae.tokenizer, rows.codes.device, ae.memory_slots
     W = max(1, min(STREAM_ROWS, width or len(rows)))  # slots: up to STREAM_ROWS (memory)
     cache = lm.new_slot_cache(W, M + max_len)
@@ -85,7 +86,7 @@ def stream(ae: PretrainedAutoencoder, rows: Rows, max_len: int, finished, drop=N
         free = torch.cat([holes, torch.arange(cache.used, W, device=dev)])[:len(waiting)]
         if free.numel():  # waiting reviews take the free slots, then the unused ones
             new, waiting = waiting.take(free.numel())
-            memory, off = ae.memory(new.codes)
+            memory, off = ae.memory(new.codes, strength)
             cache.start(free, memory)
             ids[free], t[free], tokens[free] = new.ids, 0, tok.start_id
             greedy[free], temp[free, 0], top_p[free, 0] = new.greedy, new.temperature, new.top_p

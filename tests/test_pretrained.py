@@ -515,9 +515,10 @@ def test_the_pretrained_lm_peer_trains_and_writes_each_sentiment(cased_corpus_cs
     assert all(torch.equal(own[k], v) for k, v in fresh.items())
 
 
-@pytest.mark.parametrize("speculate_below,screen_cos", [(64, 0.0), (0, 0.0), (1000, 0.0), (64, 0.2)])
+@pytest.mark.parametrize("speculate_below,screen_cos,strength", [(64, 0.0, 1.0), (0, 0.0, 1.0), (1000, 0.0, 1.0),
+                                                                  (64, 0.2, 1.0), (64, 0.0, 0.5)])
 def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pretrained_dir, speculate_below,
-                                                                             screen_cos, monkeypatch):
+                                                                             screen_cos, strength, monkeypatch):
     # ReviewGAN._stream decodes first draws and the screen's redraws as slots free up, in one batch of
     # rows at their own positions (llama.SlotCache), and starts next draws early near the end; the
     # reference (`_decode_noise`, `_screen`) decodes round by round. Same draws, same reviews (float32,
@@ -529,7 +530,7 @@ def test_continuous_batching_writes_what_the_batch_by_batch_reference_writes(pre
     model.autoencoder.to(torch.float32)
     model.autoencoder.lm.dtype = torch.float32
     model.cfg = apply_overrides(model.cfg, ["sample.screen=0.9", "sample.screen_tries=3",
-                                            f"sample.screen_cos={screen_cos}"])
+                                            f"sample.screen_cos={screen_cos}", f"sample.code_strength={strength}"])
     monkeypatch.setattr(ReviewGAN, "SPECULATE_BELOW", speculate_below)
     monkeypatch.setattr(S, "STREAM_ROWS", 8)  # slots are refilled ...
     monkeypatch.setattr(P, "DECODE_ROWS", 8)  # ... and the reference decodes in chunks
@@ -611,6 +612,44 @@ def test_the_server_lets_a_request_join_the_batch_decoding_and_answers_each_when
     finally:
         batcher.close()
     assert got_first == model.generate_batch([one()])[0] and got_second == model.generate_batch([two()])[0]
+
+
+def test_code_strength_scales_the_memory_values_and_offset_of_generated_codes_only(pretrained_dir):
+    # sample.code_strength: generating from the generator's codes, the code memory's values and the
+    # input offset are scaled (its keys, so where attention goes, are not); 1 is the decoder as trained,
+    # and encode/decode read codes at full strength whatever it is.
+    from reviewgan.config import ConfigError, apply_overrides
+    model = ReviewGAN.from_pretrained(pretrained_dir)
+    mem = model.autoencoder.memory
+    with torch.no_grad():
+        mem.offset.bias.fill_(0.1)  # (trained from zero: make the offset's scaling visible)
+    codes = torch.nn.functional.normalize(torch.randn(3, model.cfg.ae.code_dim), dim=-1)
+    (full, off), (half, off_half) = mem(codes), mem(codes, 0.5)
+    assert all(torch.equal(k, hk) and torch.allclose(v * 0.5, hv) for (k, v), (hk, hv) in zip(full, half))
+    assert torch.allclose(off * 0.5, off_half) and off.abs().sum() > 0
+    assert all(torch.equal(a, b) for pair, same in zip(full, mem(codes, 1.0)[0]) for a, b in zip(pair, same))
+    plain = model.generate("positive", n=6, seed=3)
+    texts = model.decode(codes, seed=0)
+    model.cfg = apply_overrides(model.cfg, ["sample.code_strength=0.5"])
+    assert model.generate("positive", n=6, seed=3) != plain
+    assert model.decode(codes, seed=0) == texts
+    model.cfg = apply_overrides(model.cfg, ["sample.code_strength=1"])
+    assert model.generate("positive", n=6, seed=3) == plain
+    with pytest.raises(ConfigError, match="code_strength"):
+        apply_overrides(model.cfg, ["ae.family=lstm", "sample.code_strength=0.5"])
+
+
+def test_cli_code_strength_is_range_checked_and_used(pretrained_dir, capsys):
+    from reviewgan.cli import main
+    gen = ["generate", "--model", str(pretrained_dir), "-n", "3", "--seed", "0", "--code-strength"]
+    for bad in ("nan", "-0.5", "5"):
+        assert main(gen + [bad]) == 2
+        assert "code_strength" in capsys.readouterr().err
+    outs = []
+    for v in ("1", "0.5"):
+        assert main(gen + [v]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] != outs[1]
 
 
 def test_a_slot_cache_step_computes_what_the_shared_cache_computes(pretrained_dir):

@@ -130,9 +130,7 @@ class CodeMemory(nn.Module):
         and so where attention goes, stay. Below 1 the decoder leans on what it learnt of reviews."""
         s, B = self.shape, code.size(0)
         kv = self.kv(code.float()).view(B, s.n_layers, 2, s.n_kv_heads, self.slots, s.head_dim)
-        if strength != 1.0:
-            kv = kv * torch.tensor([1.0, strength], device=kv.device)[:, None, None, None]
-        memory = [(kv[:, l, 0], kv[:, l, 1]) for l in range(s.n_layers)]
+        memory = [(kv[:, l, 0], kv[:, l, 1] * strength) for l in range(s.n_layers)]  # (x 1.0 is exact)
         return memory, self.offset(code.float())[:, None] * strength
 
 

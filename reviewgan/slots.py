@@ -69,7 +69,7 @@ class SlotMemory(nn.Module):
         slots = code.float().view(B, self.k, self.d) + self.slot
         kv = self.kv(slots).view(B, self.k, s.n_layers, 2, s.n_kv_heads, s.head_dim)
         kv = kv.permute(2, 3, 0, 4, 1, 5)  # (layers, k/v, B, kv_heads, K, head_dim)
-        memory = [(kv[l, 0], kv[l, 1] * strength if strength != 1.0 else kv[l, 1]) for l in range(s.n_layers)]
+        memory = [(kv[l, 0], kv[l, 1] * strength) for l in range(s.n_layers)]  # strength: CodeMemory's
         return memory, code.new_zeros(B, 1, s.dim, dtype=torch.float32)
 
 

@@ -25,8 +25,17 @@ MAX_SEGMENTS = 4  # a batch with more distinct lengths than this is packed for t
 
 
 def slot_dim(kind: str) -> int | None:
-    """The slot width of a token-slot code kind ("slots64" -> 64); None for the other kinds."""
-    return int(kind[5:]) if kind.startswith("slots") else None
+    """The slot width of a slot code kind ("slots64", "latent64" -> 64); None for the other kinds."""
+    for prefix in ("slots", "latent"):
+        if kind.startswith(prefix):
+            return int(kind[len(prefix):])
+    return None
+
+
+def gated(kind: str) -> bool:
+    """A token-slot code ("slots64") fills as many slots as the text has word pieces, so each slot has a
+    presence gate; a latent code ("latent64") fills all of its slots, always."""
+    return kind.startswith("slots")
 
 
 def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -37,7 +46,9 @@ def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.tanh(x)
     if kind == "l2":
         return F.normalize(x, dim=-1)
-    if (d := slot_dim(kind)) is not None:  # "slots64": per slot, 64 dims at zero mean and unit variance, times a gate
+    if (d := slot_dim(kind)) is not None and not gated(kind):  # "latent64": per slot, 64 dims, mean 0, variance 1
+        return F.layer_norm(x.view(x.size(0), -1, d), (d,)).flatten(1)
+    if (d := slot_dim(kind)) is not None:  # "slots64": the same, times a gate
         x = x.view(x.size(0), -1, d + 1)
         # A token-slot code's slots are present (normalised) for the text's word pieces and zero after
         # it, never with a hole: the decoder stops at the first absent slot. So slot s is present only
@@ -53,15 +64,15 @@ SLOT_GATE_INIT = 3.0  # a generator's slot-gate logits start here: 0.95 per slot
 
 def open_slot_gates_(out: nn.Linear, kind: str) -> None:
     """Start a generator's last layer with its slot gates open (squash); other code kinds unchanged."""
-    if (d := slot_dim(kind)) is not None:
+    if (d := slot_dim(kind)) is not None and gated(kind):
         with torch.no_grad():
             out.bias.view(-1, d + 1)[:, -1] = SLOT_GATE_INIT
 
 
 def squash_input_dim(code_dim: int, kind: str) -> int:
-    """The width squash(x, kind) takes to give a code of code_dim: a slot code's gates come on top."""
+    """The width squash(x, kind) takes to give a code of code_dim: a token-slot code's gates come on top."""
     d = slot_dim(kind)
-    return code_dim if d is None else code_dim + code_dim // d
+    return code_dim + code_dim // d if d is not None and gated(kind) else code_dim
 
 
 class Encoder(nn.Module):

@@ -57,12 +57,13 @@ class AEConfig:
     # pretrained family only: the base LM and how the code enters it (pretrained.py)
     base: str = "smollm2-135m"  # a registered base (base.py) or a folder with a Llama model
     memory_slots: int = 1  # key/value memory slots per layer that the code becomes (Optimus: 1)
-    code: str = "pooled"  # pooled: the embedder's sentence embedding, frozen | tuned: the same, the embedder tuned with the decoder (tuned.py) | tokens: one learnt slot per embedder token (slots.py)
+    code: str = "pooled"  # pooled: the embedder's sentence embedding, frozen | tuned: the same, the embedder tuned with the decoder (tuned.py) | tokens: one learnt slot per embedder token | latents: code_slots learnt queries read all tokens (slots.py)
     encoder_rank: int = 16  # code=tuned: LoRA rank on the embedder's linear layers
     encoder_lr: float = 1e-3  # code=tuned: the embedder's LoRA learning rate
     init: str = ""  # a model folder of the pretrained family whose decoder (code memory, LoRA) stage 1 starts from ("" = the base alone)
-    code_slots: int = 48  # code=tokens: the embedder tokens kept, one memory slot each (a chunk has ~40 with [CLS] and [SEP])
-    slot_dim: int = 64  # code=tokens: dims per slot; the code is code_slots x slot_dim (ae.code_dim must equal it)
+    code_slots: int = 48  # code=tokens: the embedder tokens kept, one memory slot each (a chunk has ~40 with [CLS] and [SEP]); code=latents: the latent slots
+    slot_dim: int = 64  # code=tokens or latents: dims per slot; the code is code_slots x slot_dim (ae.code_dim must equal it)
+    latent_layers: int = 2  # code=latents: cross-attention blocks through which the latents read the token states
     word_dropout: float = 0.0  # share of the decoder's input tokens (not its targets) replaced by padding while training
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -220,17 +221,18 @@ class Config:
         if self.ae.init and self.ae.family != "pretrained":
             raise ConfigError("ae.init starts the pretrained family's decoder from another model's: ae.family=pretrained")
         if self.gan.arch == "slots":
-            if not (self.ae.family == "pretrained" and self.ae.code == "tokens"):
-                raise ConfigError("gan.arch=slots: the slot transformers need a token-slot code (ae.code=tokens)")
+            if not (self.ae.family == "pretrained" and self.ae.code in ("tokens", "latents")):
+                raise ConfigError("gan.arch=slots: the slot transformers need a slot code (ae.code=tokens or latents)")
             if self.gan.width % self.gan.heads or self.gan.g_width % self.gan.heads:
                 raise ConfigError(f"gan.width {self.gan.width} and gan.g_width {self.gan.g_width} must be "
                                   f"divisible by gan.heads {self.gan.heads}")
-        if self.ae.family == "pretrained" and self.ae.code == "tokens":
+        if self.ae.family == "pretrained" and self.ae.code in ("tokens", "latents"):
+            code = self.ae.code
             if self.ae.code_dim != self.ae.code_slots * self.ae.slot_dim or self.ae.code_activation != "none":
-                raise ConfigError("ae.code=tokens: the code is code_slots x slot_dim "
+                raise ConfigError(f"ae.code={code}: the code is code_slots x slot_dim "
                                   f"(ae.code_dim={self.ae.code_slots * self.ae.slot_dim}, ae.code_activation=none)")
             if self.ae.variational or self.ae.label_to_decoder or self.model != "gan":
-                raise ConfigError("ae.code=tokens: no VAE, the decoder takes no sentiment (ae.label_to_decoder=false), model gan")
+                raise ConfigError(f"ae.code={code}: no VAE, the decoder takes no sentiment (ae.label_to_decoder=false), model gan")
         elif self.ae.family == "pretrained" and self.model == "lm":
             pass  # the LM peer: conditioned on the sentiment, no code
         elif self.ae.family == "pretrained" and not (
@@ -250,7 +252,7 @@ RANGES = [
     ("ae", "kl_weight", 0.0, 1e6), ("ae", "kl_anneal_steps", 0, 1e9), ("ae", "code_noise", 0.0, 10.0),
     ("ae", "code_noise_decay", 0.0, 1.0), ("ae", "memory_slots", 1, 64),
     ("ae", "encoder_rank", 1, 384), ("ae", "encoder_lr", 0.0, 1.0),
-    ("ae", "code_slots", 1, 256), ("ae", "slot_dim", 1, 1024), ("ae", "word_dropout", 0.0, 0.95), ("ae", "lora_rank", 1, 1024),
+    ("ae", "code_slots", 1, 256), ("ae", "slot_dim", 1, 1024), ("ae", "latent_layers", 1, 8), ("ae", "word_dropout", 0.0, 0.95), ("ae", "lora_rank", 1, 1024),
     ("ae", "lora_alpha", 1e-6, 1e6), ("ae", "lora_lr", 1e-9, 10.0), ("ae", "max_steps", 0, 1e12),
     ("ae", "warmup_steps", 0, 1e9), ("ae", "epochs", 0, 100_000), ("ae", "batch_size", 1, 1_000_000),
     ("ae", "lr", 1e-9, 10.0), ("ae", "grad_clip", 0.0, 1e6),
@@ -271,7 +273,7 @@ RANGES = [
 ]
 CHOICES = [
     ("model", None, ("gan", "lm")), ("data", "unit", ("review", "chunk", "sentence")),
-    ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tuned", "tokens")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
+    ("ae", "family", ("lstm", "pretrained")), ("ae", "code", ("pooled", "tuned", "tokens", "latents")), ("ae", "code_activation", ("sigmoid", "tanh", "l2", "none")),
     ("gan", "arch", ("mlp", "slots")), ("gan", "condition", ("fill", "embed")), ("gan", "lipschitz", ("clip", "gp")), ("gan", "cls_loss", ("mse", "ce")),
     ("gan", "optimizer", ("rmsprop", "adam")), ("train", "dtype", ("auto", "bf16", "fp32")),
     ("train", "device", ("cpu", "cuda", "auto")), ("rewrite", "method", ("mean", "invert")),

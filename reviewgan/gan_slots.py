@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .autoencoder import open_slot_gates_, slot_dim, squash
+from .autoencoder import gated, open_slot_gates_, slot_dim, squash
 from .config import GANConfig
 from .gan import Condition, Critic, Generator, label_projection, score_and_logit
 
@@ -33,7 +33,7 @@ def slot_shape(code_dim: int, code_kind: str) -> tuple[int, int]:
     """(slots, slot_dim) of a slot code kind such as "slots64"."""
     d = slot_dim(code_kind)
     if d is None:
-        raise ValueError(f"gan.arch = 'slots' needs a token-slot code (ae.code = 'tokens'), not {code_kind!r}")
+        raise ValueError(f"gan.arch = 'slots' needs a slot code (ae.code = 'tokens' or 'latents'), not {code_kind!r}")
     return code_dim // d, d
 
 
@@ -66,7 +66,7 @@ class SlotGenerator(nn.Module):
         self.pos = nn.Parameter(0.02 * torch.randn(self.slots, width))
         self.blocks = nn.ModuleList(Block(width, cfg.heads) for _ in range(n_blocks))
         self.ln = nn.LayerNorm(width)
-        self.out = nn.Linear(width, self.slot_dim + 1)  # the slot and its presence gate
+        self.out = nn.Linear(width, self.slot_dim + gated(code_kind))  # the slot and a token slot's presence gate
         open_slot_gates_(self.out, code_kind)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

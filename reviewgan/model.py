@@ -34,7 +34,7 @@ from .pretrained import PretrainedAutoencoder, limit_heap_fragmentation, limit_k
 from .records import (MAX_GENERATE, Request, Review, check_decoding, check_int, check_texts, parse_sentiment,
                       resolve_device, seeded_generator)
 from .rewrite import class_means, push
-from .slots import SlotAutoencoder
+from .slots import LatentAutoencoder, SlotAutoencoder
 from .stream import STREAM_ROWS, Rows, stream
 from .tokenizer import Tokenizer
 from .tuned import TunedAutoencoder
@@ -72,7 +72,7 @@ def build_models(cfg: Config, vocab_size: int, base: Base | None = None, dtype: 
     if cfg.ae.family == "lstm":
         ae = Autoencoder(vocab_size, cfg.ae)
     else:
-        kind = {"tokens": SlotAutoencoder, "tuned": TunedAutoencoder}.get(cfg.ae.code, PretrainedAutoencoder)
+        kind = {"tokens": SlotAutoencoder, "latents": LatentAutoencoder, "tuned": TunedAutoencoder}.get(cfg.ae.code, PretrainedAutoencoder)
         ae = kind(cfg.ae, base, dtype)
     gen, critic = networks(cfg.gan, cfg.ae.code_dim, ae.code_kind)
     return ae, gen, critic

@@ -1,8 +1,10 @@
-"""Stage 1, pretrained-decoder family with a code that carries the review (ae.code = "tokens").
+"""Stage 1, pretrained-decoder family with a code that carries the review (ae.code = "tokens" or "latents").
 
     encoder: text -> all-MiniLM-L6-v2 (frozen) -> its last layer's token states (T, 384)
-             -> TokenSlots (trained): the first K tokens, each projected to D dims and normalised
-             -> code (K x D; the slots past the text are zero)
+             -> tokens:  TokenSlots (trained): the first K tokens, each projected to D dims and normalised
+                         -> code (K x D; the slots past the text are zero)
+             -> latents: LatentSlots (trained): K learnt queries read all tokens by cross-attention (a
+                         small Perceiver, as LD4LG), each projected to D dims and normalised -> code (K x D)
     decoder: code -> SlotMemory: slot i becomes one key/value memory slot per layer
              -> SmolLM2-135M (frozen, LoRA) -> text, ending at its EOS
 
@@ -13,6 +15,10 @@ decoder read the slots rather than write generic text: no pooled slot beside the
 learns to paraphrase the pooled meaning and never uses the slots), and word dropout on its inputs
 (ae.word_dropout: half of the words it is fed are blanked, so the next word has to come from the
 code). docs/RESULTS.md, "A code that carries the review", has the measurements behind both.
+
+A token-slot code is as long as its text, so a generator has to write a sequence with an end; a latent
+code has K slots whatever the text, each a summary of all of it, so a generator writes K vectors of a
+fixed shape (K x D numbers, as a pooled code's 384 are a fixed shape).
 
 The sentiment is in the code as the review's own words are. Generation's screen still reads a
 decoded review by its sentence embedding (read_texts, the Reader over 384 numbers), as the pooled
@@ -48,6 +54,65 @@ class TokenSlots(nn.Module):
         return F.pad(h, (0, 0, 0, self.k - h.size(1)))
 
 
+class CrossBlock(nn.Module):
+    """Pre-norm cross-attention block: the latents read the token states, then an MLP on each latent."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_q, self.ln_mlp = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.kv, self.o = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """h: latents (B, K, W); x: token states (B, T, W); bias: added to the attention logits (B, K, T),
+        -inf at padding."""
+        (B, K, W), T, H = h.shape, x.size(1), self.heads
+        q = self.q(self.ln_q(h)).view(B, K, H, W // H).transpose(1, 2)
+        k, v = self.kv(x).view(B, T, 2, H, W // H).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None].to(q.dtype))  # (B, H, K, W/H)
+        h = h + self.o(att.transpose(1, 2).reshape(B, K, W))
+        return h + self.fc2(F.gelu(self.fc1(self.ln_mlp(h))))
+
+
+class LatentSlots(nn.Module):
+    """Token states (B, T, 384) and their mask (B, T) -> K latent slots (B, K, D): K learnt queries read
+    every token through `layers` cross-attention blocks, then each is projected down and normalised to
+    zero mean and unit variance (a code of fixed scale for the GAN, as TokenSlots).
+
+    Slot i starts out reading its own stretch of the text: its attention logits get a Gaussian bias
+    centred at (i + 1/2) / K of the text's length, with a learnt width (at first one slot's share). So
+    the latents begin as the text's token states pooled in K windows, in order, and training moves
+    from there. (Without the bias every query starts by reading the whole text alike, a mean-pooled
+    bag: at 400 steps the decoder's loss was 3.71 with a text's own code and 3.96 with another's.)"""
+
+    def __init__(self, k: int, d: int, layers: int = 2, heads: int = 6):
+        super().__init__()
+        self.k, self.d = k, d
+        self.ln = nn.LayerNorm(CODE_DIM)
+        self.queries = nn.Parameter(0.02 * torch.randn(k, CODE_DIM))
+        self.log_width = nn.Parameter(torch.zeros(k))  # each window's sd, in units of 1/K of the text
+        self.blocks = nn.ModuleList(CrossBlock(CODE_DIM, heads) for _ in range(layers))
+        self.ln_out = nn.LayerNorm(CODE_DIM)
+        self.down = nn.Linear(CODE_DIM, d)
+
+    def window_bias(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) mask -> (B, K, T) attention bias: -z^2 / 2, z the token's distance from slot i's centre
+        in window widths, over the text's real tokens alone (so padding changes nothing); -inf at padding."""
+        n = mask.sum(1, keepdim=True).float()  # (B, 1) real tokens
+        where = (torch.arange(mask.size(1), device=mask.device)[None].float() + 0.5) / n  # (B, T) in (0, 1]
+        centre = (torch.arange(self.k, device=mask.device).float() + 0.5) / self.k
+        z = (where[:, None, :] - centre[None, :, None]) * self.k / self.log_width.exp()[None, :, None]
+        return (-0.5 * z.pow(2)).masked_fill(~mask[:, None, :], float("-inf"))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, bias = self.ln(states), self.window_bias(mask)
+        h = self.queries.expand(x.size(0), -1, -1)
+        for block in self.blocks:
+            h = block(h, x, bias)
+        return F.layer_norm(self.down(self.ln_out(h)).float(), (self.d,))
+
+
 class SlotMemory(nn.Module):
     """code (B, K*D) -> per-layer memory (k, v), each (B, kv_heads, K, head_dim), and a zero input offset.
 
@@ -81,9 +146,12 @@ class SlotAutoencoder(PretrainedAutoencoder):
     frozen_encoder = False
     _trained = ("memory.", "slots.")
 
+    read_tokens: int | None = None  # how many of the embedder's token states the encoder reads (None: all)
+
     def __init__(self, cfg: AEConfig, base, dtype: torch.dtype = torch.bfloat16):
         super().__init__(cfg, base, dtype)
         self.slots = TokenSlots(cfg.code_slots, cfg.slot_dim)
+        self.read_tokens = cfg.code_slots
 
     @property
     def code_kind(self) -> str:
@@ -104,7 +172,7 @@ class SlotAutoencoder(PretrainedAutoencoder):
     def batch(self, units: Units, idx, device):
         """-> ids (B, T) ending in EOS, padded; lengths (B,); labels (B,); the embedder's token states
         and their mask (the encoder's input: ae.codes(batch) makes the codes)."""
-        states, mask = self.minilm().states([units.texts[i] for i in idx], self.cfg.code_slots)
+        states, mask = self.minilm().states([units.texts[i] for i in idx], self.read_tokens)
         return (*self.targets(units, idx, device), (states.to(device), mask.to(device)))
 
     def loss(self, ids, lengths, labels, states, noise_std: float = 0.0):
@@ -131,7 +199,7 @@ class SlotAutoencoder(PretrainedAutoencoder):
         """Cleaned texts -> codes (N, K*D)."""
         out = []
         for s in range(0, len(texts), batch_size):
-            states, mask = self.minilm().states(texts[s:s + batch_size], self.cfg.code_slots)
+            states, mask = self.minilm().states(texts[s:s + batch_size], self.read_tokens)
             out.append(self.slots(states.to(device), mask.to(device)).flatten(1).float())
         return torch.cat(out) if out else torch.empty(0, self.cfg.code_dim, device=device)
 
@@ -140,3 +208,18 @@ class SlotAutoencoder(PretrainedAutoencoder):
         not change as the encoder trains)."""
         name = f"reading-minilm-{str(self.lm.dtype).split('.')[-1]}"
         return cached_embeddings(units.texts, name, self.read_texts).to(device)
+
+
+class LatentAutoencoder(SlotAutoencoder):
+    """The slot autoencoder with a latent code (ae.code=latents): K slots read from all of the text by
+    LatentSlots, every slot always present."""
+
+    def __init__(self, cfg: AEConfig, base, dtype: torch.dtype = torch.bfloat16):
+        super().__init__(cfg, base, dtype)
+        self.slots = LatentSlots(cfg.code_slots, cfg.slot_dim, cfg.latent_layers)
+        self.read_tokens = None
+
+    @property
+    def code_kind(self) -> str:
+        """The generator writes each slot as the encoder does, normalised (autoencoder.squash), no gate."""
+        return f"latent{self.cfg.slot_dim}"

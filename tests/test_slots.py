@@ -199,3 +199,89 @@ def test_a_slot_gan_trains_on_a_finished_autoencoder_and_reloads(slots_dir, tmp_
     again = ReviewGAN.from_pretrained(tmp_path / "slotgan")
     assert type(again.generator).__name__ == "SlotGenerator"
     assert model.generate("negative", n=3, seed=1) == again.generate("negative", n=3, seed=1)
+
+
+# The latent code (ae.code=latents): KL learnt queries read all of the text; every slot always present.
+KL = 4
+LATENTS = ("ae.code=latents", f"ae.code_slots={KL}", f"ae.slot_dim={D}", f"ae.code_dim={KL * D}",
+           "ae.code_activation=none", "ae.word_dropout=0.5", "ae.latent_layers=1")
+
+
+@pytest.fixture(scope="session")
+def latents_dir(tmp_path_factory, cased_corpus_csv, tiny_base):
+    import os
+    os.environ["REVIEWGAN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    out = tmp_path_factory.mktemp("runs") / "latents"
+    train(tiny_pretrained_config(cased_corpus_csv, tiny_base, *LATENTS, "gan.steps=10", "ae.epochs=4",
+                                 "sample.screen=0.6"), out, **QUIET)
+    return out
+
+
+def test_a_latent_code_is_k_normalised_slots_read_from_all_of_the_text(latents_dir):
+    from reviewgan.slots import LatentAutoencoder, LatentSlots
+    model = ReviewGAN.from_pretrained(latents_dir)
+    ae = model.autoencoder
+    assert isinstance(ae, LatentAutoencoder) and ae.code_kind == f"latent{D}"
+    texts = ["Great.", "A long and winding story of a family that never once agrees on anything at all."]
+    codes = model.encode(texts).view(2, KL, D)
+    assert torch.allclose(codes.mean(-1), torch.zeros(2, KL), atol=1e-4)  # every slot present, normalised
+    assert torch.allclose(codes.pow(2).mean(-1), torch.ones(2, KL), atol=1e-2)
+
+    # every token is read, the last one too (a token-slot code drops those past its K); padding is not
+    torch.manual_seed(0)
+    reader = LatentSlots(KL, D, 2)
+    states, mask = torch.randn(1, 30, 384), torch.ones(1, 30, dtype=torch.bool)
+    with torch.no_grad():
+        code = reader(states, mask)
+        last = states.clone()
+        last[:, -1] += 5 * torch.randn(384)
+        assert (reader(last, mask) - code).abs().max() > 1e-2
+        padded = torch.cat([states, 9 * torch.randn(1, 6, 384)], 1)
+        assert torch.allclose(reader(padded, torch.cat([mask, torch.zeros(1, 6, dtype=torch.bool)], 1)), code,
+                              atol=1e-4)
+
+
+def test_a_latent_code_of_a_batch_is_each_text_coded_alone(latents_dir):
+    model = ReviewGAN.from_pretrained(latents_dir)
+    model.autoencoder.to(torch.float32)
+    model.autoencoder.lm.dtype = torch.float32
+    texts = ["Great.", "The story was dull and far too long.", "I loved every minute of it!"]
+    together = model.encode(texts)
+    alone = torch.cat([model.encode([t]) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-3)  # padding is masked out of the cross-attention
+
+
+def test_the_latent_reader_is_trained_and_saved_and_the_generator_writes_its_shape(latents_dir):
+    from safetensors.torch import load_file
+    saved = load_file(str(latents_dir / "decoder.safetensors"))
+    assert "slots.queries" in saved and "slots.blocks.0.kv.weight" in saved
+    assert not any(k.startswith("slots.blocks.1.") for k in saved)  # ae.latent_layers=1
+    assert all(k.startswith(("slots.", "memory.")) or ".lora_" in k for k in saved)
+    model = ReviewGAN.from_pretrained(latents_dir)
+    fake = model.generator(torch.randn(5, model.cfg.gan.noise_dim), torch.ones(5, dtype=torch.long)).detach()
+    assert model.generator.net.out.out_features == KL * D  # no gates
+    slots = fake.view(5, KL, D)
+    assert torch.allclose(slots.mean(-1), torch.zeros(5, KL), atol=1e-5)
+    assert torch.allclose(slots.pow(2).mean(-1), torch.ones(5, KL), atol=1e-3)
+    a = model.generate("negative", n=4, seed=2, records=True)
+    assert [r.to_dict() for r in a] == [r.to_dict() for r in model.generate("negative", n=4, seed=2, records=True)]
+
+
+def test_a_moved_latent_code_is_put_back_slot_by_slot():
+    from reviewgan.rewrite import into_space
+    moved = into_space(3.0 * torch.randn(2, KL * D) + 1.0, f"latent{D}").view(2, KL, D)
+    assert torch.allclose(moved.mean(-1), torch.zeros(2, KL), atol=1e-5)
+    assert torch.allclose(moved.pow(2).mean(-1), torch.ones(2, KL), atol=1e-3)
+
+
+def test_each_latent_starts_out_reading_its_own_stretch_of_the_text():
+    from reviewgan.slots import LatentSlots
+    reader = LatentSlots(4, D)
+    mask = torch.ones(2, 36, dtype=torch.bool)
+    mask[1, 18:] = False  # a text half as long, padded
+    with torch.no_grad():
+        weights = torch.softmax(reader.window_bias(mask), -1)  # (2, 4, 36)
+    peak = weights.argmax(-1)  # slot i's centre: token (i + 1/2) / 4 x length - 1/2
+    assert peak[0].tolist() == [4, 13, 22, 31] and peak[1].tolist() == [2, 6, 11, 15]  # in order, over each text
+    assert float(weights[1, :, 18:].sum()) == 0.0  # none on padding
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4))

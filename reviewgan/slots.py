@@ -77,8 +77,9 @@ class CrossBlock(nn.Module):
 
 class LatentSlots(nn.Module):
     """Token states (B, T, 384) and their mask (B, T) -> K latent slots (B, K, D): K learnt queries read
-    every token through `layers` cross-attention blocks, then each is projected down and normalised to
-    zero mean and unit variance (a code of fixed scale for the GAN, as TokenSlots).
+    every token through `layers` cross-attention blocks, then each is projected down, standardised per
+    dimension over texts, and normalised to zero mean and unit variance per slot (a code of fixed scale
+    for the GAN, as TokenSlots).
 
     Slot i starts out reading its own stretch of the text: its attention logits get a Gaussian bias
     centred at (i + 1/2) / K of the text's length, with a learnt width (at first one slot's share). So
@@ -95,6 +96,11 @@ class LatentSlots(nn.Module):
         self.blocks = nn.ModuleList(CrossBlock(CODE_DIM, heads) for _ in range(layers))
         self.ln_out = nn.LayerNorm(CODE_DIM)
         self.down = nn.Linear(CODE_DIM, d)
+        # Every dimension standardised over texts (batch statistics while training, their running means
+        # after): MiniLM's states share a large common part, and without this the codes of any two texts
+        # had cosine 0.96, so the text's own part was no larger than the code noise (ae.code_noise, per
+        # dimension) and the decoder learnt to read it slowly.
+        self.standardise = nn.BatchNorm1d(k * d, affine=False)
 
     def window_bias(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, T) mask -> (B, K, T) attention bias: -z^2 / 2, z the token's distance from slot i's centre
@@ -110,7 +116,10 @@ class LatentSlots(nn.Module):
         h = self.queries.expand(x.size(0), -1, -1)
         for block in self.blocks:
             h = block(h, x, bias)
-        return F.layer_norm(self.down(self.ln_out(h)).float(), (self.d,))
+        z, bn = self.down(self.ln_out(h)).float().flatten(1), self.standardise
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, training=self.training and len(z) > 1,
+                         momentum=bn.momentum, eps=bn.eps)  # a batch of one has no spread: running statistics
+        return F.layer_norm(z.view(-1, self.k, self.d), (self.d,))
 
 
 class SlotMemory(nn.Module):

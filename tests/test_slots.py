@@ -229,7 +229,7 @@ def test_a_latent_code_is_k_normalised_slots_read_from_all_of_the_text(latents_d
 
     # every token is read, the last one too (a token-slot code drops those past its K); padding is not
     torch.manual_seed(0)
-    reader = LatentSlots(KL, D, 2)
+    reader = LatentSlots(KL, D, 2).eval()  # its per-dimension standardisation: running statistics, text by text
     states, mask = torch.randn(1, 30, 384), torch.ones(1, 30, dtype=torch.bool)
     with torch.no_grad():
         code = reader(states, mask)

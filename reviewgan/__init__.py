@@ -1,6 +1,6 @@
 """reviewgan: a conditional latent-space text GAN that writes positive or negative movie reviews."""
 
-__version__ = "0.19.0"
+__version__ = "0.20.0"
 
 from .model import ReviewGAN  # noqa: E402
 from .records import Review, Rewrite  # noqa: E402

@@ -48,7 +48,7 @@ def squash(x: torch.Tensor, kind: str) -> torch.Tensor:
         return F.normalize(x, dim=-1)
     if (d := slot_dim(kind)) is not None and not gated(kind):  # "latent64": per slot, 64 dims, mean 0, variance 1
         return F.layer_norm(x.view(x.size(0), -1, d), (d,)).flatten(1)
-    if (d := slot_dim(kind)) is not None:  # "slots64": the same, times a gate
+    if d is not None:  # "slots64": the same, times a gate
         x = x.view(x.size(0), -1, d + 1)
         # A token-slot code's slots are present (normalised) for the text's word pieces and zero after
         # it, never with a hole: the decoder stops at the first absent slot. So slot s is present only

@@ -25,7 +25,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import gated, slot_dim
+from .autoencoder import gated, slot_dim, squash
 from .data import split_sentences
 from .gan import Generator
 
@@ -41,8 +41,8 @@ def into_space(codes: torch.Tensor, kind: str) -> torch.Tensor:
         return codes.clamp(-1.0, 1.0)
     if kind == "sigmoid":
         return codes.clamp(0.0, 1.0)
-    if (d := slot_dim(kind)) is not None and not gated(kind):  # a latent code: each slot normalised
-        return F.layer_norm(codes.view(codes.size(0), -1, d), (d,)).flatten(1)
+    if slot_dim(kind) is not None and not gated(kind):  # a latent code: each slot normalised, as the encoder does
+        return squash(codes, kind)
     return codes
 
 

@@ -27,14 +27,19 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REVIEWGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(scope="session")
-def slots_dir(tmp_path_factory, cased_corpus_csv, tiny_base):
+def _tiny_run(tmp_path_factory, cased_corpus_csv, tiny_base, name: str, code: tuple):
+    """Both stages of a tiny slot-code model, trained once per session."""
     import os
     os.environ["REVIEWGAN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    out = tmp_path_factory.mktemp("runs") / "slots"
-    train(tiny_pretrained_config(cased_corpus_csv, tiny_base, *TOKENS, "gan.steps=10", "ae.epochs=4",
+    out = tmp_path_factory.mktemp("runs") / name
+    train(tiny_pretrained_config(cased_corpus_csv, tiny_base, *code, "gan.steps=10", "ae.epochs=4",
                                  "sample.screen=0.6"), out, **QUIET)
     return out
+
+
+@pytest.fixture(scope="session")
+def slots_dir(tmp_path_factory, cased_corpus_csv, tiny_base):
+    return _tiny_run(tmp_path_factory, cased_corpus_csv, tiny_base, "slots", TOKENS)
 
 
 def test_the_config_refuses_a_code_size_that_is_not_slots_times_dims(cased_corpus_csv, tiny_base):
@@ -209,12 +214,7 @@ LATENTS = ("ae.code=latents", f"ae.code_slots={KL}", f"ae.slot_dim={D}", f"ae.co
 
 @pytest.fixture(scope="session")
 def latents_dir(tmp_path_factory, cased_corpus_csv, tiny_base):
-    import os
-    os.environ["REVIEWGAN_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    out = tmp_path_factory.mktemp("runs") / "latents"
-    train(tiny_pretrained_config(cased_corpus_csv, tiny_base, *LATENTS, "gan.steps=10", "ae.epochs=4",
-                                 "sample.screen=0.6"), out, **QUIET)
-    return out
+    return _tiny_run(tmp_path_factory, cased_corpus_csv, tiny_base, "latents", LATENTS)
 
 
 def test_a_latent_code_is_k_normalised_slots_read_from_all_of_the_text(latents_dir):
